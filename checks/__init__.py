@@ -1,0 +1,33 @@
+"""The check registry. A check is a plain function `check(ctx) -> Iterable[Finding] | None`.
+
+Adding a check: write the function in `checks/<group>.py`, add one line below, add one test.
+Functions are named as "module:function" strings so that importing the registry stays cheap.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Check:
+    """One registered check: its group, a short name, a title for the terminal, and where it lives."""
+
+    group: str
+    name: str
+    title: str
+    target: str  # "module:function"
+
+    def load(self):
+        import importlib
+
+        module, _, func = self.target.partition(":")
+        return getattr(importlib.import_module(module), func)
+
+
+CHECKS = (
+    Check("settings", "lint", "Settings file", "checks.settings:check_lint"),
+    Check("settings", "needs-declared", "Model needs declared", "checks.settings:check_needs_declared"),
+    Check("cache", "needs", "Weights, data and interpreters in the launch context", "checks.cache:check_needs"),
+    Check("cache", "leftovers", "Interrupted downloads", "checks.cache:check_leftovers"),
+    Check("cache", "deep", "Models load offline (--deep)", "checks.cache:check_deep_load"),
+)

@@ -1,0 +1,187 @@
+"""The `cache` group: every need of the plan, as the launched process will find it, with no network."""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from typing import List
+
+from doctor.context import NeedState
+from doctor.hubcache import BROKEN, MISSING, UNREADABLE
+from doctor.model import FAIL, OK, WARN, Finding
+
+_AREA = {"timm": "hub", "hf": "hub", "torchvision": "torchhub", "path": "path", "python": "python"}
+
+
+def _q(*words: str) -> str:
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _doctor_cmd(ctx, verb: str = "", with_launch: bool = True) -> str:
+    words = ["mutation-doctor"] + ([verb] if verb else [])
+    if ctx.options.settings_file:
+        words += ["-ec", ctx.options.settings_file]
+    if with_launch and ctx.options.launch not in ("", "current"):
+        words += ["--launch", ctx.options.launch]
+    return _q(*words)
+
+
+def _what(s: NeedState) -> str:
+    n, r = s.need, s.resolved
+    if r is not None and r.source == "hf":
+        files = " or ".join(r.files) if r.any_of else ", ".join(r.files)
+        label = f"{n.kind} {n.spec[n.kind]}" if n.kind == "timm" else "Hub repo"
+        return f"{label} ({r.repo_id}@{r.revision}: {files})"
+    if r is not None:
+        return f"{n.kind} {n.spec[n.kind]} ({r.filename})"
+    if n.kind == "path":
+        return f"{n.spec.get('kind', 'file')} {n.resolved_path}"
+    return f"interpreter {n.spec['python']}"
+
+
+def _hub_fixes(ctx, s: NeedState) -> List[str]:
+    launch, r = ctx.launch, s.resolved
+    fixes = []
+    for label, where in s.found_elsewhere[:1]:
+        if r.source == "hf":
+            src = os.path.join(where, "models--" + r.repo_id.replace("/", "--"))
+            var, dest = "HF_HUB_CACHE", launch.hf_cache
+        else:
+            src = os.path.join(where, "checkpoints", r.filename)
+            var, dest = "TORCH_HOME", launch.torch_hub
+        cache_root = where if var == "HF_HUB_CACHE" else os.path.dirname(where)
+        if launch.source == "simulated" or launch.uid != launch.invoking_uid:
+            fixes.append(f"export {var}={shlex.quote(cache_root)}  # then launch with: sudo --preserve-env={var},HF_HUB_OFFLINE ...")
+        else:
+            fixes.append(f"export {var}={shlex.quote(cache_root)}")
+        sudo = "sudo " if launch.uid == 0 and os.getuid() != 0 else ""
+        target = dest if r.source == "hf" else os.path.join(dest, "checkpoints")
+        fixes.append(f"{sudo}mkdir -p {shlex.quote(target)} && {sudo}cp -a {shlex.quote(src)} {shlex.quote(target)}/")
+    fixes.append(_doctor_cmd(ctx, "prefetch") + "  # on a machine that reaches the hub, into the launch context's cache")
+    return fixes
+
+
+def _fixes(ctx, s: NeedState) -> List[str]:
+    n = s.need
+    if n.kind in ("timm", "hf", "torchvision") and s.resolved is not None:
+        fixes = _hub_fixes(ctx, s)
+        if s.status == BROKEN and s.files and s.files[0].blob:
+            fixes.insert(0, f"rm -f {shlex.quote(s.path)} {shlex.quote(s.files[0].blob)}  # remove the broken copy, then fetch it again")
+        return fixes
+    if n.kind == "path":
+        if s.problem == "lfs-pointer":
+            return [_q("git", "-C", n.repo_dir, "lfs", "pull")]
+        return [f"put the {n.spec.get('kind', 'file')} at {n.resolved_path} (declared in the registry's requires for {n.repo})"]
+    if n.kind == "python":
+        parts = n.spec["python"].split("/")
+        if "envs" in parts and len(parts) > parts.index("envs") + 1:
+            return [_q("conda", "create", "-y", "-n", parts[parts.index("envs") + 1], "python=3.10")]
+        if s.problem == "not-executable":
+            return [_q("chmod", "+x", n.spec["python"])]
+        return [f"install the interpreter at {n.spec['python']}, or correct the registry's requires"]
+    return []
+
+
+def check_needs(ctx):
+    """Each need present, readable and intact in the launch context's caches and paths."""
+    out = []
+    for s in ctx.need_states().values():
+        area = _AREA[s.need.kind]
+        what = _what(s) if s.status != "error" else f"{s.need.kind} {s.need.spec.get(s.need.kind)}"
+        data = {"need": s.need.key, "kind": s.need.kind, "path": s.path, "status": s.status, "problem": s.problem,
+                "found_elsewhere": [w for _, w in s.found_elsewhere]}
+        if s.present:
+            out.append(Finding(id=f"cache.{area}.present", group="cache", status=OK, title=f"{what} present",
+                               detail=s.path, experiments=s.experiments, data=data))
+            continue
+        if s.status == "error":
+            out.append(Finding(id="cache.unresolved", group="cache", status=FAIL, title=f"cannot resolve {what}",
+                               detail=s.detail, experiments=s.experiments, data=data,
+                               fix=(f"correct the need in {ctx.registry.path}",)))
+            continue
+        if s.status == UNREADABLE:
+            out.append(Finding(
+                id="cache.unreadable", group="cache", status=WARN, title=f"cannot look for {what}: no permission",
+                detail=f"{s.detail}; the launched process runs as {ctx.launch.user} (HOME={ctx.launch.home})",
+                fix=("sudo " + _doctor_cmd(ctx, with_launch=False) + "  # look as the launch user",), experiments=(), data=data))
+            continue
+        detail = s.detail
+        if s.found_elsewhere:
+            detail += "; present in " + "; ".join(f"{w} ({label})" for label, w in s.found_elsewhere)
+        allow = getattr(ctx.options, "allow_download", False) and s.status == MISSING and s.need.kind in ("timm", "hf", "torchvision")
+        out.append(Finding(id=f"cache.{area}.{'missing' if s.status == MISSING else 'broken'}", group="cache",
+                           status=WARN if allow else FAIL,
+                           title=f"{what} {'missing' if s.status == MISSING else 'broken (' + s.problem + ')'}"
+                                 + (f" in {ctx.launch.hf_cache if area == 'hub' else ctx.launch.torch_hub}"
+                                    if area in ('hub', 'torchhub') else ""),
+                           detail=detail, fix=tuple(_fixes(ctx, s)), experiments=s.experiments, data=data))
+    return out
+
+
+def check_leftovers(ctx):
+    """Half-finished downloads (`*.incomplete` blobs, `*.partial` checkpoints) left in the caches."""
+    left = sorted({p for s in ctx.need_states().values() for f in s.files for p in f.leftovers})
+    if not left:
+        return None
+    return Finding(id="cache.leftovers", group="cache", status=WARN,
+                   title=f"{len(left)} interrupted download(s) left in the cache",
+                   detail="; ".join(left[:5]), fix=(_q("rm", "-f", *left),), data={"paths": left})
+
+
+_DEEP_SCRIPT = r"""
+import sys, json
+kind, name, extra = sys.argv[1], sys.argv[2], sys.argv[3]
+if kind == "timm":
+    import timm
+    timm.create_model(name, pretrained=True)
+else:
+    import torchvision
+    torchvision.models.get_model(name, weights=extra)
+print("LOADED")
+"""
+
+
+def check_deep_load(ctx):
+    """With --deep: load each timm/torchvision model offline with the repo's interpreter, in a subprocess."""
+    if not ctx.options.deep:
+        return None
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    from doctor.secrets import mask_text
+
+    jobs = []
+    for s in ctx.need_states().values():
+        n = s.need
+        if n.kind not in ("timm", "torchvision") or not s.present:
+            continue
+        pythons = [m.spec["python"] for m in ctx.registry.needs_for(n.repo, "*") if m.kind == "python"]
+        python = os.path.expanduser(pythons[0]) if pythons else sys.executable
+        name = n.spec[n.kind] + (f".{n.spec['tag']}" if n.kind == "timm" and n.spec.get("tag") else "")
+        extra = n.spec.get("weights") or ("IMAGENET1K_V1" if n.spec.get("pretrained") else "DEFAULT")
+        jobs.append((s, [python, "-c", _DEEP_SCRIPT, n.kind, name, extra]))
+    env = dict(ctx.launch.env, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    env.setdefault("HOME", ctx.launch.home)
+    timeout = max(60.0, ctx.options.timeout * 20)
+
+    def run(job):
+        s, argv = job
+        try:
+            p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=s.need.repo_dir
+                               if os.path.isdir(s.need.repo_dir) else None)
+            ok, tail = p.returncode == 0 and "LOADED" in p.stdout, (p.stderr.strip().splitlines() or [""])[-1]
+        except subprocess.TimeoutExpired:
+            ok, tail = False, f"no answer within {timeout:.0f} s"
+        except OSError as e:
+            ok, tail = False, f"cannot start {argv[0]}: {e.strerror}"
+        what = _what(s)
+        if ok:
+            return Finding(id="cache.deep.loaded", group="cache", status=OK, title=f"{what} loads offline",
+                           experiments=s.experiments, data={"need": s.need.key, "python": argv[0]})
+        return Finding(id="cache.deep.load-failed", group="cache", status=FAIL, title=f"{what} does not load offline",
+                       detail=mask_text(tail, env), experiments=s.experiments,
+                       fix=(_q(argv[0], "-c", f"import {s.need.kind}") + "  # check the interpreter, then re-run with --deep -v",),
+                       data={"need": s.need.key, "python": argv[0]})
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(run, jobs))

@@ -1,0 +1,21 @@
+"""The `settings` group: what the settings file and the registry say, as mutation.py reads them."""
+from __future__ import annotations
+
+from doctor.model import OK, Finding
+
+
+def check_lint(ctx):
+    """Findings made while reading the settings file (ignored keys, unknown repos, ...)."""
+    return ctx.plan.findings
+
+
+def check_needs_declared(ctx):
+    """A registry without `requires` (the user's own file) cannot tell what models need: say so once."""
+    if ctx.registry.declares_needs:
+        return None
+    return Finding(
+        id="settings.no-needs-declared", group="settings", status=OK,
+        title="the model registry declares no needs, so weights and data are not checked",
+        detail=f"{ctx.registry.path} has no \"requires\" entries",
+        fix=("add \"requires\" per repo (see settings/models_config.json), or run with the bundled registry: "
+             "mutation-doctor --models-config settings/models_config.json ...",))

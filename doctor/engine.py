@@ -1,0 +1,64 @@
+"""Runs the registered checks concurrently and turns their findings into verdicts."""
+from __future__ import annotations
+
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+from checks import CHECKS, Check
+from doctor.context import DoctorContext
+from doctor.model import ERROR, FAIL, Finding, Report, Verdict
+from doctor.secrets import mask_text
+
+
+def _as_list(result) -> List[Finding]:
+    if result is None:
+        return []
+    if isinstance(result, Finding):
+        return [result]
+    return [f for f in result if f is not None]
+
+
+def run_check(check: Check, ctx: DoctorContext) -> List[Finding]:
+    """One check; a crash becomes an `error` finding instead of stopping the doctor."""
+    try:
+        return _as_list(check.load()(ctx))
+    except Exception as e:  # noqa: BLE001 - any crash of a check is reported, never fatal
+        tb = traceback.format_exc(limit=6)
+        return [Finding(id=f"{check.group}.{check.name}.crashed", group=check.group, status=ERROR,
+                        title=f"the check \"{check.title}\" crashed: {type(e).__name__}",
+                        detail=mask_text(str(e), ctx.launch.env),
+                        fix=("run again with -v and report the details",),
+                        data={"traceback": mask_text(tb, ctx.launch.env)})]
+
+
+def verdicts(experiments, findings: Iterable[Finding]) -> Tuple[Verdict, ...]:
+    """An experiment is blocked by every `fail` finding that names it; otherwise it passes."""
+    blockers = {}
+    for f in findings:
+        if f.status == FAIL:
+            for eid in f.experiments:
+                blockers.setdefault(eid, []).append(f.id)
+    out = []
+    for e in experiments:
+        ids = tuple(dict.fromkeys(blockers.get(e.id, ())))
+        out.append(Verdict(experiment=e, verdict="blocked" if ids else "pass", blocked_by=ids))
+    return tuple(out)
+
+
+def run_doctor(ctx: DoctorContext, checks: Optional[Sequence[Check]] = None, progress=None) -> Report:
+    """All selected checks, concurrently; `progress(check, findings)` is called as each finishes."""
+    t0 = time.monotonic()
+    selected = [c for c in (checks if checks is not None else CHECKS) if c.group in ctx.options.groups]
+    findings: List[Finding] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(selected)))) as pool:
+        futures = [(c, pool.submit(run_check, c, ctx)) for c in selected]
+        for c, fut in futures:
+            result = fut.result()
+            if progress is not None:
+                progress(c, result)
+            findings.extend(result)
+    return Report(launch=ctx.launch, findings=tuple(findings), verdicts=verdicts(ctx.plan.experiments, findings),
+                  settings_file=ctx.plan.file, models_config=ctx.registry.path, groups=tuple(ctx.options.groups),
+                  elapsed=time.monotonic() - t0)

@@ -1,0 +1,204 @@
+"""The data model: experiments, their needs, the launch context, findings and verdicts.
+
+Frozen dataclasses describe the world; functions elsewhere compute them; renderers print them.
+Nothing in this module imports a heavy library or prints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Tuple
+
+# Finding statuses, from best to worst. "error" means a check crashed.
+OK, WARN, FAIL, ERROR = "ok", "warn", "fail", "error"
+STATUS_ORDER = {OK: 0, WARN: 1, ERROR: 2, FAIL: 3}
+
+GROUPS = ("settings", "cache", "env", "network", "system")
+
+
+@dataclass(frozen=True)
+class Need:
+    """One external thing a model needs at run time, as declared in the registry's `requires`.
+
+    `kind` is one of: timm, torchvision, hf, path, python, gpu, gpu_memory_gb.
+    `spec` is the declaration as written (for example `{"timm": "hrnet_w18"}`); `repo_dir` is the
+    absolute folder of the repo, against which relative paths are resolved.
+    """
+
+    kind: str
+    spec: Mapping[str, Any]
+    repo: str
+    repo_dir: str
+
+    @property
+    def key(self) -> str:
+        """A stable, human-readable identity, used to deduplicate needs shared by experiments."""
+        if self.kind == "timm":
+            tag = self.spec.get("tag")
+            return f"timm:{self.spec['timm']}" + (f".{tag}" if tag else "")
+        if self.kind == "torchvision":
+            w = self.spec.get("weights") or ("pretrained" if self.spec.get("pretrained") else "DEFAULT")
+            return f"torchvision:{self.spec['torchvision']}:{w}"
+        if self.kind == "hf":
+            files = ",".join(self.spec.get("files") or [])
+            rev = self.spec.get("revision") or "main"
+            return f"hf:{self.spec['hf']}@{rev}:{files}"
+        if self.kind == "path":
+            return f"path:{self.resolved_path}"
+        if self.kind == "python":
+            return f"python:{self.spec['python']}"
+        return f"{self.kind}:{self.spec.get(self.kind)}"
+
+    @property
+    def resolved_path(self) -> str:
+        """For `path` needs: the absolute path (relative ones are taken from the repo folder)."""
+        import os.path
+
+        p = os.path.expanduser(str(self.spec.get("path", "")))
+        return os.path.normpath(p if os.path.isabs(p) else os.path.join(self.repo_dir, p))
+
+
+@dataclass(frozen=True)
+class Side:
+    """One training process of an experiment: the foreground, or a parallel experiment's background."""
+
+    repo: str
+    model: str
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    mutate: Tuple[str, ...] = ()
+    needs: Tuple[Need, ...] = ()
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment as the runner will launch it (`runs_per_config` already expanded).
+
+    `mode` is `default`, `mutation` or `parallel` (as mutation.py interprets the entry);
+    `source` is where it came from (`file.json:experiments[3]`) so findings can point at it.
+    """
+
+    id: str
+    mode: str
+    foreground: Side
+    background: Optional[Side] = None
+    run_index: int = 0
+    source: str = ""
+    entry_index: int = -1
+
+    @property
+    def repo(self) -> str:
+        return self.foreground.repo
+
+    @property
+    def model(self) -> str:
+        return self.foreground.model
+
+    @property
+    def sides(self) -> Tuple[Side, ...]:
+        return (self.foreground,) + ((self.background,) if self.background else ())
+
+    @property
+    def needs(self) -> Tuple[Need, ...]:
+        seen, out = set(), []
+        for side in self.sides:
+            for n in side.needs:
+                if n.key not in seen:
+                    seen.add(n.key)
+                    out.append(n)
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class LaunchContext:
+    """What the experiment process will get: its environment, HOME, user, interpreter and cwd.
+
+    `how` names the launch (`current`, `sudo`, `sudo -E`, `sudo --preserve-env=A,B`);
+    `source` says how it was learnt (`self`: this process is the launch; `simulated`: sudo's
+    defaults applied to our environment; `real`: asked from the real sudo).
+    `invoking_*` describe the user who typed the command (SUDO_USER when we run under sudo).
+    """
+
+    how: str
+    source: str
+    env: Mapping[str, str]
+    user: str
+    uid: int
+    gid: int
+    home: str
+    cwd: str
+    invoking_user: str
+    invoking_uid: int
+    invoking_home: str
+    invoking_env: Mapping[str, str] = field(default_factory=dict)
+    notes: Tuple[str, ...] = ()
+
+    @property
+    def hf_cache(self) -> str:
+        from doctor.launch import hf_cache_dir
+
+        return hf_cache_dir(self.env, self.home)
+
+    @property
+    def torch_hub(self) -> str:
+        from doctor.launch import torch_hub_dir
+
+        return torch_hub_dir(self.env, self.home)
+
+    @property
+    def offline(self) -> bool:
+        from doctor.launch import is_offline
+
+        return is_offline(self.env)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The outcome of a check: a stable dotted id, a status, words, and the commands that fix it.
+
+    `experiments` lists the ids of the experiments this finding concerns; a `fail` finding blocks
+    them. `data` carries machine-readable details (paths, sizes) for JSON consumers.
+    """
+
+    id: str
+    group: str
+    status: str
+    title: str
+    detail: str = ""
+    fix: Tuple[str, ...] = ()
+    experiments: Tuple[str, ...] = ()
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def blocks(self) -> bool:
+        return self.status == FAIL and bool(self.experiments)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether an experiment may run (`pass`) or is held back (`blocked`), and by which findings."""
+
+    experiment: Experiment
+    verdict: str
+    blocked_by: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything one doctor run learnt, ready for a renderer or the runner."""
+
+    launch: LaunchContext
+    findings: Tuple[Finding, ...]
+    verdicts: Tuple[Verdict, ...]
+    settings_file: str = ""
+    models_config: str = ""
+    groups: Tuple[str, ...] = GROUPS
+    elapsed: float = 0.0
+
+    @property
+    def blocked(self) -> Tuple[Verdict, ...]:
+        return tuple(v for v in self.verdicts if v.verdict == "blocked")
+
+    @property
+    def exit_code(self) -> int:
+        if self.blocked or any(f.status == FAIL for f in self.findings):
+            return 1
+        return 0

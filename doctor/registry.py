@@ -1,0 +1,178 @@
+"""The model registry: the user's `models_config.json` format, plus optional `requires` needs.
+
+```
+{"models": {repo: {"path", "train_script", "models": [...], "model_flag"?, "required_args"?,
+                   "supported_hyperparams": {name: {flag, type, default, range, distribution}},
+                   "performance_metrics": {"log_patterns": {...}},
+                   "requires": {model or "*": [need, ...]}}}}
+```
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from doctor.model import Need
+
+NEED_KINDS = ("timm", "torchvision", "hf", "path", "python", "gpu", "gpu_memory_gb")
+
+
+class SettingsError(Exception):
+    """A file that cannot be used at all: one line naming the file, the JSON path and what was expected."""
+
+    def __init__(self, file: str, json_path: str, message: str):
+        self.file, self.json_path, self.message = file, json_path, message
+        where = f"{file}: {json_path}: " if json_path else f"{file}: "
+        super().__init__(where + message)
+
+
+@dataclass(frozen=True)
+class Hyperparam:
+    """One supported hyperparameter of a repo: its command-line flag, type, default and range."""
+
+    name: str
+    flag: str
+    type: str = "float"
+    default: Any = None
+    range: Optional[Tuple[float, float]] = None
+    distribution: str = "uniform"
+
+
+@dataclass(frozen=True)
+class RepoSpec:
+    """One repo of the registry, with its models and what each model needs at run time."""
+
+    name: str
+    path: str  # absolute
+    train_script: str
+    models: Tuple[str, ...]
+    model_flag: Optional[str] = None
+    required_args: Tuple[str, ...] = ()
+    hyperparams: Mapping[str, Hyperparam] = field(default_factory=dict)
+    log_patterns: Mapping[str, str] = field(default_factory=dict)
+    requires: Mapping[str, Tuple[Mapping[str, Any], ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Registry:
+    """All repos of a models_config.json, and whether it declares any needs at all."""
+
+    path: str
+    project_root: str
+    repos: Mapping[str, RepoSpec]
+
+    @property
+    def declares_needs(self) -> bool:
+        return any(r.requires for r in self.repos.values())
+
+    def needs_for(self, repo: str, model: str) -> Tuple[Need, ...]:
+        spec = self.repos.get(repo)
+        if spec is None:
+            return ()
+        raw = tuple(spec.requires.get("*", ())) + tuple(spec.requires.get(model, ()))
+        return tuple(Need(kind=need_kind(d), spec=d, repo=repo, repo_dir=spec.path) for d in raw)
+
+
+def need_kind(d: Mapping[str, Any]) -> str:
+    kinds = [k for k in NEED_KINDS if k in d]
+    return kinds[0] if len(kinds) == 1 else ""
+
+
+def _check_need(file: str, where: str, d: Any) -> None:
+    if not isinstance(d, dict):
+        raise SettingsError(file, where, f"expected an object such as {{\"timm\": \"hrnet_w18\"}}, got {type(d).__name__}")
+    kinds = [k for k in NEED_KINDS if k in d]
+    if len(kinds) != 1:
+        raise SettingsError(file, where, f"expected exactly one of {', '.join(NEED_KINDS)}, got keys {sorted(d)}")
+    k = kinds[0]
+    if k in ("timm", "torchvision", "hf", "path", "python") and not (isinstance(d[k], str) and d[k]):
+        raise SettingsError(file, f"{where}.{k}", "expected a non-empty string")
+    if k == "hf" and not (isinstance(d.get("files"), list) and d["files"] and all(isinstance(x, str) for x in d["files"])):
+        raise SettingsError(file, f"{where}.files", "expected a non-empty list of file names")
+    if k == "python" and not os.path.isabs(os.path.expanduser(d[k])):
+        raise SettingsError(file, f"{where}.python", "expected an absolute interpreter path")
+    if k == "gpu_memory_gb" and not isinstance(d[k], (int, float)):
+        raise SettingsError(file, f"{where}.gpu_memory_gb", "expected a number of GiB")
+
+
+def _hyperparams(file: str, where: str, raw: Any) -> Dict[str, Hyperparam]:
+    if not isinstance(raw, dict):
+        raise SettingsError(file, where, "expected an object of hyperparameter definitions")
+    out = {}
+    for name, h in raw.items():
+        if not isinstance(h, dict) or not isinstance(h.get("flag"), str):
+            raise SettingsError(file, f"{where}.{name}", "expected an object with a \"flag\" string")
+        rng = h.get("range")
+        if rng is not None and not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, (int, float)) for x in rng)):
+            raise SettingsError(file, f"{where}.{name}.range", "expected [low, high]")
+        out[name] = Hyperparam(name=name, flag=h["flag"], type=str(h.get("type", "float")), default=h.get("default"),
+                               range=tuple(rng) if rng else None, distribution=str(h.get("distribution", "uniform")))
+    return out
+
+
+def _required_args(file: str, where: str, raw: Any) -> Tuple[str, ...]:
+    import shlex
+
+    if raw is None:
+        return ()
+    if isinstance(raw, dict):
+        return tuple(w for v in raw.values() for w in shlex.split(str(v)))
+    if isinstance(raw, list):
+        return tuple(str(x) for x in raw)
+    if isinstance(raw, str):
+        return tuple(shlex.split(raw))
+    raise SettingsError(file, where, "expected an object, a list or a string of arguments")
+
+
+def load_registry(path: str, project_root: str) -> Registry:
+    """Read a models_config.json. Raises SettingsError (one line) when it cannot be used."""
+    path = os.path.abspath(path)
+    project_root = os.path.abspath(project_root)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise SettingsError(path, "", "file not found (pass --models-config FILE)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError(path, "", f"cannot read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise SettingsError(path, f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        raise SettingsError(path, "models", "expected a top-level object with a \"models\" object")
+    repos = {}
+    for name, r in data["models"].items():
+        where = f"models.{name}"
+        if not isinstance(r, dict):
+            raise SettingsError(path, where, "expected an object")
+        for key in ("path", "train_script"):
+            if not isinstance(r.get(key), str):
+                raise SettingsError(path, f"{where}.{key}", "expected a string")
+        models = r.get("models")
+        if not (isinstance(models, list) and all(isinstance(m, str) for m in models)):
+            raise SettingsError(path, f"{where}.models", "expected a list of model names")
+        requires = r.get("requires") or {}
+        if not isinstance(requires, dict):
+            raise SettingsError(path, f"{where}.requires", "expected an object: model name (or \"*\") -> list of needs")
+        for model, needs in requires.items():
+            if model != "*" and model not in models:
+                raise SettingsError(path, f"{where}.requires.{model}", f"unknown model; this repo has {', '.join(models)}")
+            if not isinstance(needs, list):
+                raise SettingsError(path, f"{where}.requires.{model}", "expected a list of needs")
+            for i, d in enumerate(needs):
+                _check_need(path, f"{where}.requires.{model}[{i}]", d)
+        repo_path = os.path.expanduser(r["path"])
+        patterns = (r.get("performance_metrics") or {}).get("log_patterns") or {}
+        repos[name] = RepoSpec(
+            name=name,
+            path=os.path.normpath(repo_path if os.path.isabs(repo_path) else os.path.join(project_root, repo_path)),
+            train_script=r["train_script"],
+            models=tuple(models),
+            model_flag=r.get("model_flag"),
+            required_args=_required_args(path, f"{where}.required_args", r.get("required_args")),
+            hyperparams=_hyperparams(path, f"{where}.supported_hyperparams", r.get("supported_hyperparams", {})),
+            log_patterns=dict(patterns) if isinstance(patterns, dict) else {},
+            requires={k: tuple(v) for k, v in requires.items()},
+        )
+    return Registry(path=path, project_root=project_root, repos=repos)
