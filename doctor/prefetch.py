@@ -1,0 +1,176 @@
+"""`mutation-doctor prefetch`: download what the plan needs into the launch context's caches.
+
+Downloads go through huggingface_hub (HF_ENDPOINT of the launch environment respected) and
+torch.hub, each in a subprocess that gets the launch context's cache locations explicitly, so the
+files land exactly where the launched process will look. Files created as root on behalf of a
+sudo user are given back to that user.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import List, Optional
+
+from doctor.context import NeedState
+
+_SCRIPT = r"""
+import json, sys
+job = json.loads(sys.argv[1])
+if job["source"] == "hf":
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    last = None
+    for name in job["files"]:
+        try:
+            path = hf_hub_download(job["repo_id"], name, revision=job["revision"], cache_dir=job["cache"])
+            print(json.dumps({"ok": True, "path": path}))
+            if job["any_of"]:
+                break
+        except EntryNotFoundError as e:
+            last = e
+            if not job["any_of"]:
+                raise
+    else:
+        if job["any_of"]:
+            raise last
+else:
+    import os, torch.hub
+    dst = os.path.join(job["cache"], "checkpoints", job["filename"])
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    torch.hub.download_url_to_file(job["url"], dst, hash_prefix=job["hash_prefix"] or None, progress=False)
+    print(json.dumps({"ok": True, "path": dst}))
+"""
+
+
+@dataclass(frozen=True)
+class Download:
+    """The outcome of fetching one need: ok or not, the path written, and the last error line."""
+
+    key: str
+    ok: bool
+    path: str = ""
+    error: str = ""
+    seconds: float = 0.0
+
+
+def _job(state: NeedState, hf_cache: str, torch_hub: str, mirror: Optional[str]) -> dict:
+    import re
+
+    r = state.resolved
+    if r.source == "hf":
+        return {"source": "hf", "repo_id": r.repo_id, "revision": r.revision, "files": list(r.files),
+                "any_of": r.any_of, "cache": hf_cache}
+    url = r.url
+    if mirror:
+        url = mirror.rstrip("/") + "/" + url.split("://", 1)[-1].split("/", 1)[-1]
+    m = re.search(r"-([a-f0-9]{6,})\.", r.filename)
+    return {"source": "torchhub", "url": url, "filename": r.filename, "cache": torch_hub,
+            "hash_prefix": m.group(1) if m else ""}
+
+
+def fetch(state: NeedState, env: dict, hf_cache: str, torch_hub: str, timeout: float,
+          mirror: Optional[str] = None) -> Download:
+    """Download one need in a subprocess with the launch environment (offline switches removed)."""
+    from doctor.secrets import mask_text
+
+    job = _job(state, hf_cache, torch_hub, mirror)
+    child_env = {k: v for k, v in env.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    child_env["HF_HUB_CACHE"] = hf_cache
+    child_env["TORCH_HOME"] = os.path.dirname(torch_hub)
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(job)], env=child_env, capture_output=True,
+                           text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return Download(state.need.key, False, error=f"no answer within {timeout:.0f} s", seconds=time.monotonic() - t0)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode == 0 and lines:
+        return Download(state.need.key, True, path=json.loads(lines[-1])["path"], seconds=time.monotonic() - t0)
+    err = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    return Download(state.need.key, False, error=mask_text(err[-1] if err else f"exit {p.returncode}", env),
+                    seconds=time.monotonic() - t0)
+
+
+def _writable(path: str) -> bool:
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    return os.access(path or "/", os.W_OK)
+
+
+def main(argv: List[str]) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
+    from doctor.cli import UsageError, add_common_args, make_context
+
+    p = argparse.ArgumentParser(prog="mutation-doctor prefetch",
+                                description="Download missing weights into the caches the launched process will use.")
+    add_common_args(p)
+    p.add_argument("--download-timeout", type=float, default=1800.0, metavar="S",
+                   help="give up on one download after S seconds (default 1800)")
+    p.add_argument("--torch-mirror", metavar="URL", default=os.environ.get("MUTATION_TORCH_MIRROR"),
+                   help="base URL serving torch hub files instead of https://download.pytorch.org")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    args = p.parse_args(argv)
+    ctx = make_context(args)
+    console = Console(stderr=args.json, highlight=False)
+    launch = ctx.launch
+    todo = [s for s in ctx.need_states().values()
+            if s.need.kind in ("timm", "hf", "torchvision") and s.resolved is not None and s.present is not True]
+    if not todo:
+        console.print(f"[green]✓[/green] everything the plan needs is already in {escape(launch.hf_cache)} / "
+                      f"{escape(launch.torch_hub)}")
+        if args.json:
+            print(json.dumps({"format_version": 1, "downloads": [], "missing_after": []}))
+        return 0
+    for target in {launch.hf_cache if s.resolved.source == "hf" else launch.torch_hub for s in todo}:
+        if not _writable(target):
+            raise UsageError(f"cannot write {target} (it belongs to {launch.user}); run: sudo "
+                             f"{os.path.abspath(sys.argv[0])} prefetch {' '.join(argv)}")
+    started = time.time()
+    results: List[Download] = []
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=False, disable=args.json) as progress:
+        task = progress.add_task("prefetching", total=len(todo))
+        for s in todo:
+            progress.update(task, description=f"fetching {s.need.key}")
+            d = fetch(s, dict(launch.env), launch.hf_cache, launch.torch_hub, args.download_timeout, args.torch_mirror)
+            results.append(d)
+            mark = "[green]✓[/green]" if d.ok else "[red]✗[/red]"
+            progress.console.print(f"{mark} {escape(s.need.key)} {escape(d.path or d.error)} ({d.seconds:.1f} s)")
+            progress.advance(task)
+    _give_back(ctx, started)
+    fresh = make_context(args)  # look again, as the launched process will
+    after = [s for s in fresh.need_states().values() if s.need.key in {x.need.key for x in todo} and s.present is not True]
+    if args.json:
+        print(json.dumps({"format_version": 1,
+                          "downloads": [d.__dict__ for d in results],
+                          "missing_after": [s.need.key for s in after]}, indent=2))
+    else:
+        console.print(f"{sum(d.ok for d in results)} of {len(results)} need(s) fetched; "
+                      f"{len(after)} still missing" + (": " + ", ".join(s.need.key for s in after) if after else ""))
+    return 1 if after else 0
+
+
+def _give_back(ctx, since: float) -> None:
+    """Running as root for a sudo user: chown what we created under that user's home back to them."""
+    launch = ctx.launch
+    if os.getuid() != 0 or not launch.invoking_home or launch.invoking_uid in (0, -1):
+        return
+    try:
+        from doctor.ownership import give_back
+    except ImportError:  # pragma: no cover - ownership ships with the runner
+        return
+    import pwd
+
+    gid = pwd.getpwuid(launch.invoking_uid).pw_gid
+    roots = [p for p in (launch.hf_cache, launch.torch_hub) if p.startswith(launch.invoking_home.rstrip("/") + "/")]
+    if roots:
+        give_back(roots, launch.invoking_uid, gid, since=since)

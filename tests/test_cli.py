@@ -1,0 +1,82 @@
+"""The doctor's command line: help without torch, exit codes, one-line errors, the JSON contract."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def doctor(*args, env=None, cwd=ROOT, timeout=180):
+    return subprocess.run([sys.executable, "-m", "doctor.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; sys.argv=['mutation-doctor','--help']\n"
+            "from doctor.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "heavy=[m for m in ('torch','timm','torchvision','huggingface_hub') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "usage: mutation-doctor" in p.stdout
+    assert "HEAVY []" in p.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["-ec", "does/not/exist.json"], "file not found"),
+    (["--only", "cache,bogus"], "unknown group bogus"),
+    (["--launch", "doas"], "expected current, sudo"),
+    (["--project-root", "/nonexistent/dir"], "not a folder"),
+])
+def test_usage_errors_are_one_line_exit_2(args, needle):
+    p = doctor(*args)
+    assert p.returncode == 2
+    assert needle in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_bad_json_names_file_and_position(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"experiments": [ {"repo": "demo",, } ]}')
+    p = doctor("-ec", str(bad))
+    assert p.returncode == 2 and str(bad) in p.stderr and "line 1 column" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_json_contract_and_exit_code_on_demo(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    p = doctor("-ec", "settings/demo.json", "--only", "settings,cache", "--json", env=env)
+    data = json.loads(p.stdout)
+    assert data["format_version"] == 1
+    assert set(data) >= {"launch", "findings", "experiments", "summary"}
+    for f in data["findings"]:
+        assert set(f) >= {"id", "group", "status", "title", "detail", "fix", "experiments"}
+        assert f["status"] in ("ok", "warn", "fail", "error")
+    verdicts = {e["id"]: e["verdict"] for e in data["experiments"]}
+    # an empty HOME: the from-scratch model passes, the two weight-needing ones are blocked
+    assert verdicts == {"demo_scratch_mlp_001": "pass", "demo_tv_resnet18_002": "blocked",
+                        "demo_timm_resnet18_003": "blocked"}
+    blocked = {e["id"]: e["blocked_by"] for e in data["experiments"]}
+    assert blocked["demo_timm_resnet18_003"] == ["cache.hub.missing"]
+    assert data["launch"]["hf_cache"] == str(tmp_path / ".cache" / "huggingface" / "hub")
+    assert data["summary"]["blocked"] == 2 and p.returncode == 1
+    missing = next(f for f in data["findings"] if f["id"] == "cache.hub.missing")
+    assert any("prefetch" in x for x in missing["fix"])
+
+
+def test_a_crashing_check_is_reported_not_fatal(tmp_path):
+    code = ("import sys\n"
+            "import checks\n"
+            "from checks import Check\n"
+            "checks.CHECKS = checks.CHECKS + (Check('settings', 'boom', 'Boom', 'os.path:__nonexistent__'),)\n"
+            "import doctor.engine as e; e.CHECKS = checks.CHECKS\n"
+            "from doctor.cli import main\n"
+            "sys.exit(main(['-ec', 'settings/demo.json', '--only', 'settings', '--json']))\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    data = json.loads(p.stdout)
+    crashed = [f for f in data["findings"] if f["id"] == "settings.boom.crashed"]
+    assert crashed and crashed[0]["status"] == "error"
+    assert "traceback" not in json.dumps(crashed[0]["data"])
