@@ -95,6 +95,17 @@ def default_memo_path() -> str:
     return os.path.join(base, "mutation-preflight", "sha256.json")
 
 
+def _readable_dir(path: str) -> Optional[bool]:
+    """True: a folder we can list; False: no such folder; None: we may not look (permission)."""
+    try:
+        os.listdir(path)
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except PermissionError:
+        return None
+
+
 def repo_folder(cache_dir: str, repo_id: str, repo_type: str = "model") -> str:
     return os.path.join(cache_dir, f"{repo_type}s--" + repo_id.replace("/", "--"))
 
@@ -143,13 +154,13 @@ def inspect_hf_file(cache_dir: str, repo_id: str, filename: str, revision: str =
     (-> shared store blob in 2.x). With `verify`, hashes LFS blobs (named by their sha256).
     """
     folder = repo_folder(cache_dir, repo_id, repo_type)
-    try:
-        if not os.path.isdir(folder):
-            os.listdir(cache_dir) if os.path.isdir(cache_dir) else None
+    for d in (cache_dir, folder):
+        readable = _readable_dir(d)
+        if readable is None:
+            return FileState(UNREADABLE, d, detail=f"no permission to read {d}")
+        if not readable:
             return FileState(MISSING, os.path.join(folder, "snapshots", "<commit>", filename),
                              detail=f"{repo_id} is not in {cache_dir}")
-    except PermissionError:
-        return FileState(UNREADABLE, cache_dir, detail=f"no permission to read {cache_dir}")
     leftovers = _leftovers(folder)
     if _COMMIT.match(revision):
         commit = revision
@@ -210,13 +221,10 @@ def inspect_torch_checkpoint(hub_dir: str, filename: str, verify: bool = False,
     """A torch.hub checkpoint (`<hub>/checkpoints/<file>`); with `verify`, the sha256 prefix in its name."""
     ckpt_dir = os.path.join(hub_dir, "checkpoints")
     path = os.path.join(ckpt_dir, filename)
-    try:
-        exists = os.path.lexists(path)
-        if not exists:
-            os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else None
-    except PermissionError:
+    readable = _readable_dir(ckpt_dir)
+    if readable is None:
         return FileState(UNREADABLE, path, detail=f"no permission to read {ckpt_dir}")
-    if not exists:
+    if not os.path.lexists(path):
         partial = tuple(os.path.join(ckpt_dir, n) for n in _listdir(ckpt_dir) if n.endswith(".partial"))
         return FileState(MISSING, path, detail=f"{filename} is not in {ckpt_dir}", leftovers=partial)
     if not os.path.exists(path):

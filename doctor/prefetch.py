@@ -21,29 +21,29 @@ from doctor.context import NeedState
 _SCRIPT = r"""
 import json, sys
 job = json.loads(sys.argv[1])
-if job["source"] == "hf":
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-    last = None
-    for name in job["files"]:
-        try:
-            path = hf_hub_download(job["repo_id"], name, revision=job["revision"], cache_dir=job["cache"])
-            print(json.dumps({"ok": True, "path": path}))
+try:
+    if job["source"] == "hf":
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+        path = None
+        for name in job["files"]:
+            try:
+                path = hf_hub_download(job["repo_id"], name, revision=job["revision"], cache_dir=job["cache"])
+            except EntryNotFoundError:
+                if not job["any_of"] or name == job["files"][-1]:
+                    raise
+                continue
             if job["any_of"]:
                 break
-        except EntryNotFoundError as e:
-            last = e
-            if not job["any_of"]:
-                raise
     else:
-        if job["any_of"]:
-            raise last
-else:
-    import os, torch.hub
-    dst = os.path.join(job["cache"], "checkpoints", job["filename"])
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    torch.hub.download_url_to_file(job["url"], dst, hash_prefix=job["hash_prefix"] or None, progress=False)
-    print(json.dumps({"ok": True, "path": dst}))
+        import os, torch.hub
+        path = os.path.join(job["cache"], "checkpoints", job["filename"])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.hub.download_url_to_file(job["url"], path, hash_prefix=job["hash_prefix"] or None, progress=False)
+    print(json.dumps({"ok": True, "path": path}))
+except Exception as e:
+    print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}))
+    sys.exit(1)
 """
 
 
@@ -89,11 +89,11 @@ def fetch(state: NeedState, env: dict, hf_cache: str, torch_hub: str, timeout: f
     except subprocess.TimeoutExpired:
         return Download(state.need.key, False, error=f"no answer within {timeout:.0f} s", seconds=time.monotonic() - t0)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode == 0 and lines:
-        return Download(state.need.key, True, path=json.loads(lines[-1])["path"], seconds=time.monotonic() - t0)
-    err = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
-    return Download(state.need.key, False, error=mask_text(err[-1] if err else f"exit {p.returncode}", env),
-                    seconds=time.monotonic() - t0)
+    out = json.loads(lines[-1]) if lines else {"ok": False}
+    if p.returncode == 0 and out.get("ok"):
+        return Download(state.need.key, True, path=out["path"], seconds=time.monotonic() - t0)
+    err = out.get("error") or ([ln for ln in p.stderr.splitlines() if ln.strip()] or [f"exit {p.returncode}"])[-1]
+    return Download(state.need.key, False, error=mask_text(err, env), seconds=time.monotonic() - t0)
 
 
 def _writable(path: str) -> bool:
