@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 from typing import List
 
@@ -17,11 +18,24 @@ def _q(*words: str) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def _doctor_cmd(ctx, verb: str = "", with_launch: bool = True) -> str:
-    words = ["mutation-doctor"] + ([verb] if verb else [])
+def doctor_script() -> str:
+    """The absolute path of the mutation-doctor script (beside this interpreter, else on PATH)."""
+    beside = os.path.join(os.path.dirname(sys.executable), "mutation-doctor")
+    return beside if os.access(beside, os.X_OK) else (shutil.which("mutation-doctor") or "mutation-doctor")
+
+
+def _doctor_cmd(ctx, verb: str = "", as_launch_user: bool = False) -> str:
+    """The mutation-doctor command line for a fix. `as_launch_user`: run it the way experiments are
+    launched (under sudo, with the script's absolute path, since secure_path would not find it)."""
+    from doctor.launch import parse_launch
+
+    spec = parse_launch(ctx.options.launch)
+    sudo = as_launch_user and spec.mode != "current" and os.getuid() != 0
+    words = [*spec.argv_prefix, doctor_script()] if sudo else ["mutation-doctor"]
+    words += [verb] if verb else []
     if ctx.options.settings_file:
         words += ["-ec", ctx.options.settings_file]
-    if with_launch and ctx.options.launch not in ("", "current"):
+    if not sudo and spec.mode != "current":
         words += ["--launch", ctx.options.launch]
     return _q(*words)
 
@@ -57,7 +71,7 @@ def _hub_fixes(ctx, s: NeedState) -> List[str]:
         sudo = "sudo " if launch.uid == 0 and os.getuid() != 0 else ""
         target = dest if r.source == "hf" else os.path.join(dest, "checkpoints")
         fixes.append(f"{sudo}mkdir -p {shlex.quote(target)} && {sudo}cp -a {shlex.quote(src)} {shlex.quote(target)}/")
-    fixes.append(_doctor_cmd(ctx, "prefetch") + "  # on a machine that reaches the hub, into the launch context's cache")
+    fixes.append(_doctor_cmd(ctx, "prefetch", as_launch_user=True) + "  # downloads into the launch context's cache")
     return fixes
 
 
@@ -99,11 +113,18 @@ def check_needs(ctx):
                                detail=s.detail, experiments=s.experiments, data=data,
                                fix=(f"correct the need in {ctx.registry.path}",)))
             continue
+        if s.status == UNREADABLE and ctx.launch.uid == os.getuid():
+            out.append(Finding(
+                id="cache.permission", group="cache", status=FAIL, title=f"{what}: the launched process may not read it",
+                detail=f"{s.detail}; the launched process runs as {ctx.launch.user}, like this doctor",
+                fix=(_q("ls", "-ld", s.path) + "  # then give read access to " + ctx.launch.user,),
+                experiments=s.experiments, data=data))
+            continue
         if s.status == UNREADABLE:
             out.append(Finding(
                 id="cache.unreadable", group="cache", status=WARN, title=f"cannot look for {what}: no permission",
                 detail=f"{s.detail}; the launched process runs as {ctx.launch.user} (HOME={ctx.launch.home})",
-                fix=("sudo " + _doctor_cmd(ctx, with_launch=False) + "  # look as the launch user",), experiments=(), data=data))
+                fix=(_doctor_cmd(ctx, as_launch_user=True) + "  # look as the launch user",), experiments=(), data=data))
             continue
         detail = s.detail
         if s.found_elsewhere:

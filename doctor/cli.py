@@ -133,7 +133,7 @@ def run_check_command(args) -> int:
         json.dump(render.to_json(report), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
-        render.render_terminal(report, Console(highlight=False), verbose=args.verbose)
+        render.render_terminal(report, Console(highlight=False, soft_wrap=True), verbose=args.verbose)
     return report.exit_code
 
 

@@ -287,18 +287,26 @@ def test_cache_the_doctor_cannot_read_is_a_warning_not_a_block(clean_env, tmp_pa
             d.chmod(d.stat().st_mode | 0o055)
     for d, _, files in os.walk(project):
         os.chmod(d, 0o755)
-    env = dict(clean_env, HOME=str(home), HF_HUB_CACHE=str(locked / "hub"))
-    args = ["-ec", "s.json", "--models-config", "models.json", "--project-root", str(project), "--only", "cache", "--json"]
     code = ("import contextlib, io, os, sys\n"
             "from doctor.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n    main(sys.argv[1:])\n"
             "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
             "sys.exit(main(sys.argv[1:]))\n")
-    p = subprocess.run([sys.executable, "-c", code, *args], cwd=project, env=env, capture_output=True, text=True,
-                       timeout=300)
-    assert p.returncode in (0, 1), p.stderr[-2000:]
-    data = json.loads(p.stdout)
+
+    def run_as_nobody(env, *extra):
+        args = ["-ec", "s.json", "--models-config", "models.json", "--project-root", str(project), "--only", "cache",
+                "--json", *extra]
+        p = subprocess.run([sys.executable, "-c", code, *args], cwd=project, env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert p.returncode in (0, 1), p.stderr[-2000:]
+        return json.loads(p.stdout)
+
+    # nobody checks a sudo launch: root's cache (/root is 0700) cannot be inspected -> warn, not blocked
+    data = run_as_nobody(dict(clean_env, HOME=str(home)), "--launch", "sudo")
     f = by_id(data)
     assert f["cache.unreadable"]["status"] == "warn" and "permission" in f["cache.unreadable"]["title"]
-    assert any(fix.startswith("sudo ") for fix in f["cache.unreadable"]["fix"])
+    assert any(fix.startswith("sudo /") for fix in f["cache.unreadable"]["fix"])
     assert data["experiments"][0]["verdict"] == "pass"
+    # nobody launches as itself with a cache it may not read: the experiment would fail -> blocked
+    data = run_as_nobody(dict(clean_env, HOME=str(home), HF_HUB_CACHE=str(locked / "hub")))
+    assert data["experiments"][0]["blocked_by"] == ["cache.permission"]
