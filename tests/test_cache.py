@@ -310,3 +310,22 @@ def test_cache_the_doctor_cannot_read_is_a_warning_not_a_block(clean_env, tmp_pa
     # nobody launches as itself with a cache it may not read: the experiment would fail -> blocked
     data = run_as_nobody(dict(clean_env, HOME=str(home), HF_HUB_CACHE=str(locked / "hub")))
     assert data["experiments"][0]["blocked_by"] == ["cache.permission"]
+
+
+@pytest.mark.slow
+def test_deep_load_proves_what_the_structure_cannot(hrnet_hf_cache, clean_env, tmp_path):
+    """A truncated blob looks complete to a structural check; --deep really loads it, offline."""
+    project = make_project(tmp_path, [{"timm": "hrnet_w18"}])
+    cache = tmp_path / "hub"
+    shutil.copytree(hrnet_hf_cache, cache, symlinks=True)
+    env = dict(clean_env, HF_HUB_CACHE=str(cache))
+    p, data = doctor(project, env, "--deep")
+    assert by_id(data)["cache.deep.loaded"]["status"] == "ok" and p.returncode == 0
+    blob = Path(os.path.realpath(caches.hf_snapshot_path(cache, HRNET_REPO, "model.safetensors")))
+    blob.chmod(0o644)
+    with open(blob, "r+b") as f:
+        f.truncate(blob.stat().st_size // 2)
+    p, data = doctor(project, env, "--deep")
+    f = by_id(data)
+    assert "cache.hub.present" in f and f["cache.deep.load-failed"]["status"] == "fail"
+    assert data["experiments"][0]["blocked_by"] == ["cache.deep.load-failed"]
