@@ -1,0 +1,395 @@
+"""The batch: gate, launch, retry, record, resume.
+
+`Batch` takes the expanded jobs and their preflights and runs them one after another into a run
+folder, keeping the journal so that a `--resume` after any interruption continues exactly where
+the batch stopped.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+from doctor.secrets import mask_text
+from runner import gpuwatch
+from runner.command import build_argv, executable_argv
+from runner.execute import TOKEN_VAR, Background, StopRequest, kill_stragglers, now_iso, run_attempt
+from runner.expand import Job
+from runner.launchenv import Preflight
+from runner.logtail import classify, error_excerpt, extract_metrics, read_tail
+from runner.results import Journal, experiment_record, journal_state, read_json, write_json, write_summary
+
+LOG = "training.log"
+BG_LOG = "background.log"
+NO_METRIC = "trained nothing? exit code 0 but none of the registry's log_patterns ({}) matched the log"
+
+
+@dataclass
+class Options:
+    """How the batch runs (from the command line, or run.json when resuming)."""
+
+    require_preflight: bool = False
+    timeout: Optional[float] = None
+    grace: float = 10.0
+    max_retries: int = 2
+    retry_delay: float = 10.0
+    wait_for_gpu: float = 0.0
+    stream: bool = True
+    json_out: bool = False
+
+
+@dataclass
+class Outcome:
+    """One experiment's end, as the terminal summary and the exit code see it."""
+
+    id: str
+    status: str
+    verdict: str
+    exit_code: Optional[int] = None
+    attempts: int = 0
+    duration: float = 0.0
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    warnings: Sequence[str] = ()
+    reason: str = ""
+
+
+def user_timestamp() -> str:
+    """mutation.py's timestamp format (naive local time, microseconds)."""
+    return _dt.datetime.now().isoformat()
+
+
+def new_run_dir(results_dir: str) -> str:
+    os.makedirs(results_dir, exist_ok=True)
+    base = os.path.join(results_dir, "run_" + _dt.datetime.now().strftime("%Y%m%d_%H%M%S"))
+    path, n = base, 1
+    while True:
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            n += 1
+            path = f"{base}_{n}"
+
+
+class Batch:
+    def __init__(self, *, ctx, jobs: Sequence[Job], preflights: Mapping[str, Preflight], run_dir: str,
+                 options: Options, say: Callable[[str], None], stop: StopRequest,
+                 owner: Optional[tuple] = None, since: Optional[float] = None):
+        self.ctx, self.jobs, self.preflights, self.run_dir = ctx, list(jobs), preflights, run_dir
+        self.opt, self.say, self.stop = options, say, stop
+        self.owner, self.since = owner, since
+        self.run_id = os.path.basename(run_dir)
+        self.records: Dict[str, dict] = {}
+        self.outcomes: List[Outcome] = []
+        self.journal: Optional[Journal] = None
+        self.stream = None
+        if options.stream:
+            self.stream = (sys.stderr if options.json_out else sys.stdout).buffer
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def _exp_dir(self, job: Job) -> str:
+        return os.path.join(self.run_dir, job.id)
+
+    def _write(self, job: Job, record: dict) -> None:
+        write_json(os.path.join(self._exp_dir(job), "experiment.json"), record)
+        self.records[job.id] = record
+        self.write_summary()
+
+    def write_summary(self) -> None:
+        order = [j.id for j in self.jobs if j.id in self.records]
+        write_summary(os.path.join(self.run_dir, "summary.csv"), [self.records[i] for i in order])
+
+    def _give_back_run_dir(self) -> None:
+        if self.owner is None:
+            return
+        from doctor.ownership import give_back
+
+        uid, gid = self.owner[0], self.owner[1]
+        give_back([self.run_dir], uid, gid, since=self.since, within=os.path.dirname(os.path.dirname(self.run_dir)))
+
+    def give_back_all(self) -> List[str]:
+        """Running as root for a sudo user: hand back what the run created in the results folder,
+        in the caches its children used under the user's home, and in the repos under it."""
+        if self.owner is None:
+            return []
+        from doctor.ownership import give_back
+
+        uid, gid, _user, home = self.owner
+        changed = list(give_back([self.run_dir], uid, gid, since=self.since,
+                                 within=os.path.dirname(os.path.dirname(self.run_dir))).changed)
+        if home:
+            prefix = home.rstrip("/") + "/"
+            roots = set()
+            for pf in self.preflights.values():
+                roots.update((pf.child.launch.hf_cache, pf.child.launch.torch_hub))
+            for job in self.jobs:
+                for side in (job.foreground, job.background):
+                    if side is not None and side.repo in self.ctx.registry.repos:
+                        roots.add(self.ctx.registry.repos[side.repo].path)
+            roots = sorted(r for r in roots if r.startswith(prefix))
+            if roots:
+                changed += give_back(roots, uid, gid, since=self.since, within=home).changed
+        return changed
+
+    # -- resume ---------------------------------------------------------------------------------
+    def resume_state(self) -> Dict[str, dict]:
+        """What the journal says; experiments the runner died under are recorded `interrupted`."""
+        state = journal_state(Journal.read(os.path.join(self.run_dir, "journal.jsonl")))
+        for job in self.jobs:
+            st = state.get(job.id)
+            if st is None:
+                continue
+            rec = read_json(os.path.join(self._exp_dir(job), "experiment.json"))
+            if st["status"] in ("passed", "failed") and isinstance(rec, dict):
+                self.records[job.id] = rec
+                continue
+            if st["status"] in ("passed", "failed"):
+                st["status"] = None  # its record is gone: run it again
+            if st["status"] is None and (st["open_attempt"] or st["attempts"]):
+                attempts = list(st["attempts"])
+                if st["open_attempt"]:
+                    a = st["open_attempt"]
+                    log = os.path.join(self._exp_dir(job), a.get("log") or LOG)
+                    try:
+                        started = _dt.datetime.fromisoformat(a["started"]).timestamp()
+                        duration = max(0.0, os.path.getmtime(log) - started)
+                    except (OSError, TypeError, ValueError, KeyError):
+                        duration = 0.0
+                    attempts.append({"attempt": a.get("attempt"), "log": a.get("log") or LOG, "started": a.get("started"),
+                                     "duration_seconds": round(duration, 3), "exit_code": None, "signal": None,
+                                     "timed_out": False, "retry_reason": None, "interrupted": True,
+                                     "note": "the runner stopped during this attempt (kill -9, crash or power loss)"})
+                st["attempts"] = attempts
+                st["status"] = "interrupted"
+                self._open_journal()
+                self.journal.write("experiment-end", experiment_id=job.id, status="interrupted", by="resume",
+                                   attempts=attempts)
+                self._record_interrupted(job, attempts, "the runner stopped during this experiment")
+            elif st["status"] == "interrupted" and isinstance(rec, dict):
+                self.records[job.id] = rec
+                st["attempts"] = list(rec.get("attempts") or st["attempts"])
+        return state
+
+    def _record_interrupted(self, job: Job, attempts: List[dict], message: str) -> None:
+        pf = self.preflights[job.id]
+        log = os.path.join(self._exp_dir(job), LOG)
+        lines = read_tail(log)
+        os.makedirs(self._exp_dir(job), exist_ok=True)
+        rec = experiment_record(job=job, status="interrupted", timestamp=user_timestamp(),
+                                duration=sum(a.get("duration_seconds") or 0 for a in attempts), exit_code=None,
+                                attempts=attempts, metrics={}, error_message=f"interrupted: {message}",
+                                error_excerpt=[mask_text(x, pf.child.launch.env) for x in error_excerpt(lines)] if lines else [],
+                                preflight=pf.record(), launch=pf.child.record(cwd=self.ctx.registry.repos[job.foreground.repo].path))
+        self._write(job, rec)
+
+    def _open_journal(self) -> None:
+        if self.journal is None:
+            self.journal = Journal(os.path.join(self.run_dir, "journal.jsonl"))
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> List[Outcome]:
+        self._open_journal()
+        state = self.resume_state() if resume else {}
+        self.journal.write("run-resume" if resume else "run-start", pid=os.getpid(), run_id=self.run_id)
+        total = len(self.jobs)
+        for i, job in enumerate(self.jobs, 1):
+            st = state.get(job.id) or {}
+            if st.get("status") in ("passed", "failed") and job.id in self.records:
+                rec = self.records[job.id]
+                self.outcomes.append(Outcome(job.id, rec.get("status", st["status"]), self.preflights[job.id].verdict,
+                                             rec.get("exit_code"), len(rec.get("attempts") or ()), reason="done before resume"))
+                self.say(f"[{i}/{total}] {job.id}: {st['status']} before, not run again")
+                continue
+            if self.stop.requested:
+                break
+            outcome = self.run_job(i, total, job, prior=list(st.get("attempts") or []))
+            self.outcomes.append(outcome)
+            self._give_back_run_dir()
+            if outcome.status == "interrupted":
+                break
+        self.write_summary()
+        interrupted = self.stop.requested
+        self.journal.write("run-end", interrupted=interrupted,
+                           counts={s: sum(o.status == s for o in self.outcomes) for s in ("passed", "failed", "blocked", "interrupted")})
+        self.journal.close()
+        self.journal = None
+        return self.outcomes
+
+    def run_job(self, i: int, total: int, job: Job, prior: List[dict]) -> Outcome:
+        ctx, opt = self.ctx, self.opt
+        pf = self.preflights[job.id]
+        exp_dir = self._exp_dir(job)
+        os.makedirs(exp_dir, exist_ok=True)
+        spec = ctx.registry.repos[job.foreground.repo]
+        cwd = spec.path
+        argv = list(pf.child.prefix) + executable_argv(build_argv(spec, job.foreground.model, job.foreground.hyperparameters), cwd)
+        timestamp = user_timestamp()
+        token = f"{self.run_id}/{job.id}"
+        bg_argv = bg_cwd = None
+        if job.background is not None:
+            bspec = ctx.registry.repos[job.background.repo]
+            bg_cwd = bspec.path
+            bg_argv = list(pf.child.prefix) + executable_argv(
+                build_argv(bspec, job.background.model, job.background.hyperparameters), bg_cwd)
+        launch_rec = pf.child.record(argv=argv[len(pf.child.prefix):], cwd=cwd, extra_set={TOKEN_VAR: token})
+        if bg_argv:
+            launch_rec["background_argv"] = bg_argv
+            launch_rec["background_cwd"] = bg_cwd
+        warnings = list(job.warnings)
+
+        if pf.verdict == "blocked" and opt.require_preflight:
+            fixes = list(dict.fromkeys(x for f in pf.findings if f.id in pf.blocked_by for x in f.fix))
+            self.say(f"[{i}/{total}] {job.id}: blocked by {', '.join(pf.blocked_by)}", fixes=fixes)
+            rec = experiment_record(job=job, status="blocked", timestamp=timestamp, duration=0.0, exit_code=None,
+                                    attempts=[], metrics={}, error_message="blocked by preflight: " + ", ".join(pf.blocked_by),
+                                    error_excerpt=[], preflight=pf.record(), launch=launch_rec, warnings=warnings)
+            self.journal.write("experiment-end", experiment_id=job.id, status="blocked", blocked_by=list(pf.blocked_by))
+            self._write(job, rec)
+            return Outcome(job.id, "blocked", pf.verdict, reason=", ".join(pf.blocked_by))
+
+        extra: Dict[str, object] = {}
+        snap = gpuwatch.snapshot(env=pf.child.launch.env)
+        foreign = gpuwatch.foreign(snap, {os.getpid()})
+        if snap is not None:
+            extra["gpu_foreign_processes"] = foreign
+            if foreign:
+                self.say(f"    {len(foreign)} GPU process(es) not started by this batch: "
+                         + ", ".join(f"pid {p['pid']} ({p.get('memory_mib')} MiB)" for p in foreign[:3]))
+        need = gpuwatch.gpu_need_gb(job.experiment)
+        if opt.wait_for_gpu and need:
+            ok, waited, free = gpuwatch.wait_for_memory(need, opt.wait_for_gpu, env=pf.child.launch.env,
+                                                        stop=lambda: self.stop.requested, say=self.say)
+            extra["gpu_wait_seconds"] = round(waited, 1)
+            if not ok:
+                warnings.append(f"GPU memory still short after waiting {waited:.0f} s: {free:.1f} GiB free, "
+                                f"{need:g} GiB needed")
+
+        env = pf.child.popen_env()
+        env.pop(TOKEN_VAR, None)
+        env[TOKEN_VAR] = token
+        shown = " ".join(shlex.quote(a) for a in argv)
+        note = "" if pf.verdict == "pass" else f" (preflight: blocked by {', '.join(pf.blocked_by)}; running anyway)"
+        self.say(f"[{i}/{total}] {job.id}: {mask_text(shown, env)}{note}", rule=True)
+        self.journal.write("experiment-start", experiment_id=job.id, argv=argv, cwd=cwd)
+
+        attempts = list(prior)
+        transient_used = sum(1 for a in attempts if a.get("retry_reason"))
+        pgids, pids = set(), set()
+        bg = None
+        if bg_argv:
+            bg = Background(bg_argv, bg_cwd, env, os.path.join(exp_dir, BG_LOG), opt.grace)
+            bg.start()
+        t_start = time.monotonic()
+        status, failure, last = "failed", "", None
+        log_path = os.path.join(exp_dir, LOG)
+        try:
+            while True:
+                n = max([a.get("attempt") or 0 for a in attempts] + [0]) + 1
+                if os.path.exists(log_path) and attempts:
+                    prev = attempts[-1]
+                    aside = f"training.attempt{prev.get('attempt') or n - 1}.log"
+                    os.replace(log_path, os.path.join(exp_dir, aside))
+                    prev["log"] = aside
+                    self.journal.write("attempt-log-moved", experiment_id=job.id, attempt=prev.get("attempt"), log=aside)
+                self.journal.write("attempt-start", experiment_id=job.id, attempt=n, log=LOG, started=now_iso())
+                res = run_attempt(argv, cwd, env, log_path, timeout=opt.timeout, grace=opt.grace, stop=self.stop,
+                                  stream=self.stream, tick=bg.tick if bg else None)
+                pgids.add(res.pid)
+                pids |= res.descendants
+                last = res
+                rec = {"attempt": n, "log": LOG, "started": res.started, "duration_seconds": round(res.duration, 3),
+                       "exit_code": res.exit_code, "signal": res.signal, "timed_out": res.timed_out, "retry_reason": None}
+                if res.interrupted:
+                    rec["interrupted"] = True
+                attempts.append(rec)
+                if res.interrupted:
+                    status, failure = "interrupted", "stopped by " + ("Ctrl-C" if (self.stop.signum or 2) == 2 else f"signal {self.stop.signum}")
+                    self.journal.write("attempt-end", experiment_id=job.id, record=rec)
+                    break
+                if res.exit_code == 0:
+                    status = "passed"
+                    self.journal.write("attempt-end", experiment_id=job.id, record=rec)
+                    break
+                lines = read_tail(log_path)
+                transient, reason = classify(lines, res.exit_code, res.signal, res.timed_out)
+                if res.start_error:
+                    transient, reason = False, res.start_error
+                if res.timed_out:
+                    reason = f"timed out after {opt.timeout:g} s" + (f" ({reason})" if reason != "timeout" else "")
+                failure = reason
+                if transient and transient_used < opt.max_retries and not self.stop.requested:
+                    rec["retry_reason"] = reason
+                    transient_used += 1
+                    self.journal.write("attempt-end", experiment_id=job.id, record=rec)
+                    self.say(f"    attempt {n} failed ({reason}); retrying ({transient_used}/{opt.max_retries})")
+                    if self._sleep(opt.retry_delay):
+                        continue
+                    status, failure = "interrupted", "stopped by Ctrl-C between attempts"
+                    break
+                if not transient:
+                    rec["not_retried"] = reason
+                self.journal.write("attempt-end", experiment_id=job.id, record=rec)
+                break
+        finally:
+            if bg is not None:
+                bg.stop()
+                pgids |= bg.pgids
+                pids |= bg.descendants
+        strays = kill_stragglers(pgids, pids, token, grace=min(opt.grace, 2.0))
+        duration = time.monotonic() - t_start
+        if strays:
+            extra["stragglers"] = strays
+            warnings.append(f"{len(strays)} process(es) of this experiment were still alive after it ended and were killed")
+        metrics = extract_metrics(log_path, spec.log_patterns)
+        lines = read_tail(log_path) if status != "passed" else []
+        excerpt = [mask_text(x, env) for x in error_excerpt(lines)] if lines else []
+        if status == "passed":
+            message = "Training completed successfully"
+            if spec.log_patterns and not metrics:
+                warnings.append(NO_METRIC.format(", ".join(spec.log_patterns)))
+            elif not spec.log_patterns:
+                warnings.append("the registry has no log_patterns for this repo: no metric extracted")
+        elif status == "interrupted":
+            message = f"interrupted: {failure}"
+        else:
+            message = mask_text(failure, env) if failure else f"exit code {last.exit_code if last else None}"
+        if bg is not None:
+            bg_info = {"restarts": max(0, bg.starts - 1), "exits": bg.exits[-20:]}
+            if bg.start_error:
+                bg_info["start_error"] = bg.start_error
+        else:
+            bg_info = None
+        record = experiment_record(job=job, status=status, timestamp=timestamp, duration=duration,
+                                   exit_code=last.exit_code if last else None, attempts=attempts, metrics=metrics,
+                                   error_message=message, error_excerpt=excerpt, preflight=pf.record(), launch=launch_rec,
+                                   warnings=warnings, background=bg_info, extra=extra)
+        self._write(job, record)
+        self.journal.write("experiment-end", experiment_id=job.id, status=status)
+        outcome = Outcome(job.id, status, pf.verdict, last.exit_code if last else None, len(attempts), duration,
+                          metrics, tuple(warnings), failure)
+        self.say_outcome(outcome)
+        return outcome
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait between attempts; False when a stop was requested meanwhile."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if self.stop.requested:
+                return False
+            time.sleep(min(0.2, end - time.monotonic()))
+        return not self.stop.requested
+
+    def say_outcome(self, o: Outcome) -> None:
+        mark = {"passed": "✓", "failed": "✗", "interrupted": "■", "blocked": "⊘"}[o.status]
+        detail = ""
+        if o.status == "passed" and o.metrics:
+            detail = " (" + ", ".join(f"{k}={v:g}" for k, v in o.metrics.items()) + ")"
+        elif o.reason:
+            detail = f": {o.reason}"
+        self.say(f"{mark} {o.id} {o.status} in {o.duration:.1f} s after {o.attempts} attempt(s){detail}")
+        for w in o.warnings:
+            self.say(f"  ! {w}")

@@ -1,0 +1,300 @@
+"""`mutation-run`: run an experiment batch, gated by the doctor, into a crash-safe results folder.
+
+Exit codes: 0 every experiment passed; 1 something failed or was blocked; 2 usage error or a
+settings file that cannot be read; 130 stopped by Ctrl-C (143 by SIGTERM, 129 by SIGHUP).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import sys
+import time
+from typing import List, Optional, Sequence
+
+FORMAT_VERSION = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from doctor.cli import add_common_args
+
+    p = argparse.ArgumentParser(
+        prog="mutation-run", conflict_handler="resolve",
+        description="Runs an experiment batch (the settings format of mutation.py) with each child's environment "
+                    "built explicitly, holding back what the doctor finds blocked, into results/run_<ts>/.",
+        epilog="Exit codes: 0 all passed, 1 something failed or was blocked, 2 usage, 130 Ctrl-C. "
+               "After a crash or kill: mutation-run --resume results/run_<ts>.")
+    add_common_args(p)  # -ec, --models-config, --project-root, --launch, --only (its --timeout is replaced below)
+    p.add_argument("--require-preflight", action="store_true",
+                   help="do not start experiments the doctor blocks (they are recorded as blocked, with the fixes)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each experiment's verdict, exact command and environment changes; run nothing")
+    p.add_argument("--results-dir", metavar="DIR", help="where run_<ts>/ folders go (default: PROJECT_ROOT/results)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run: rerun only what did not finish")
+    p.add_argument("--max-retries", type=int, metavar="N",
+                   help="retries of a transiently failed experiment (default: the settings' max_retries, else 2)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop an attempt after SECONDS (default: none)")
+    p.add_argument("--probe-timeout", type=float, default=None, metavar="S",
+                   help="the doctor's network probe timeout per stage (default 3)")
+    p.add_argument("--grace", type=float, default=None, metavar="S",
+                   help="seconds between SIGTERM and SIGKILL when stopping an experiment (default 10)")
+    p.add_argument("--retry-delay", type=float, default=None, metavar="S", help="pause before a retry (default 10)")
+    p.add_argument("--seed", type=int, metavar="N", help="seed of the mutation sampling (default: random, recorded)")
+    p.add_argument("--wait-for-gpu", type=float, default=None, metavar="SECONDS",
+                   help="before an experiment that declares gpu_memory_gb, wait up to SECONDS for that much free memory")
+    p.add_argument("--allow-download", action="store_true",
+                   help="weights missing from the cache do not block (the run may download them)")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not stream the experiments' output")
+    p.add_argument("--json", action="store_true", help="print the outcome (or the --dry-run plan) as one JSON object")
+    return p
+
+
+class Console:
+    """Status lines on stderr (stdout carries the experiments' output, or the JSON)."""
+
+    def __init__(self):
+        from rich.console import Console as RichConsole
+
+        self.rich = RichConsole(stderr=True, highlight=False, soft_wrap=True)
+
+    def say(self, msg: str, fixes: Sequence[str] = (), rule: bool = False) -> None:
+        from rich.markup import escape
+
+        if rule and self.rich.is_terminal:
+            self.rich.rule(escape(msg), align="left", style="cyan")
+        else:
+            self.rich.print(("[cyan]" + escape(msg) + "[/cyan]") if rule else escape(msg))
+        for fix in fixes:
+            self.rich.print("    fix: " + escape(fix))
+
+
+def _options_from(args, manifest: Optional[dict]):
+    from runner.batch import Options
+
+    saved = (manifest or {}).get("options") or {}
+
+    def pick(name, default):
+        value = getattr(args, name, None)
+        if value is not None:
+            return value
+        return saved.get(name, default)
+
+    return Options(require_preflight=bool(args.require_preflight or saved.get("require_preflight", False)),
+                   timeout=pick("timeout", None), grace=float(pick("grace", 10.0)),
+                   max_retries=int(pick("max_retries", -1)), retry_delay=float(pick("retry_delay", 10.0)),
+                   wait_for_gpu=float(pick("wait_for_gpu", 0.0)), stream=not args.quiet, json_out=args.json)
+
+
+def _check_args(args) -> None:
+    from doctor.cli import UsageError
+
+    for name in ("timeout", "grace", "retry_delay", "wait_for_gpu", "probe_timeout"):
+        v = getattr(args, name, None)
+        if v is not None and (v < 0 or (name in ("timeout", "probe_timeout") and v == 0)):
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive number of seconds")
+    if args.max_retries is not None and args.max_retries < 0:
+        raise UsageError("--max-retries must be 0 or more")
+    if args.resume and args.dry_run:
+        raise UsageError("--resume and --dry-run cannot be combined")
+
+
+def _load_manifest(run_dir: str) -> dict:
+    from doctor.cli import UsageError
+    from runner.results import read_json
+
+    path = os.path.join(run_dir, "run.json")
+    if not os.path.isdir(run_dir):
+        raise UsageError(f"--resume {run_dir}: not a folder")
+    m = read_json(path)
+    if not isinstance(m, dict) or "experiments" not in m:
+        raise UsageError(f"--resume {run_dir}: no readable run.json (not a mutation-run results folder?)")
+    return m
+
+
+def _context(args, manifest: Optional[dict]):
+    from doctor.cli import make_context
+
+    ns = argparse.Namespace(**vars(args))
+    if manifest:
+        for key, name in (("settings", "settings_file"), ("models_config", "models_config"),
+                          ("project_root", "project_root"), ("launch", "launch"), ("only", "only")):
+            if getattr(ns, key, None) in (None, ".") and manifest.get(name) is not None:
+                setattr(ns, key, manifest[name])
+    ns.timeout = args.probe_timeout if args.probe_timeout is not None else (manifest or {}).get("probe_timeout", 3.0)
+    extra = {"allow_download": True} if args.allow_download else {}
+    return make_context(ns, **extra), ns
+
+
+def _dry_run(args, ctx, jobs, preflights, seed, out) -> int:
+    from doctor.secrets import mask_text
+    from runner.command import build_argv, executable_argv
+
+    items = []
+    for job in jobs:
+        pf = preflights[job.id]
+        spec = ctx.registry.repos[job.foreground.repo]
+        argv = list(pf.child.prefix) + executable_argv(build_argv(spec, job.foreground.model, job.foreground.hyperparameters), spec.path)
+        bg = None
+        if job.background is not None:
+            bspec = ctx.registry.repos[job.background.repo]
+            bg = {"repo": job.background.repo, "model": job.background.model,
+                  "hyperparameters": dict(job.background.hyperparameters),
+                  "argv": list(pf.child.prefix) + executable_argv(
+                      build_argv(bspec, job.background.model, job.background.hyperparameters), bspec.path),
+                  "cwd": bspec.path}
+        rec = pf.child.record(argv=argv[len(pf.child.prefix):], cwd=spec.path)
+        fixes = [mask_text(x, pf.child.launch.env) for f in pf.findings if f.id in pf.blocked_by for x in f.fix]
+        items.append({"id": job.id, "mode": job.experiment.mode, "repo": job.foreground.repo, "model": job.foreground.model,
+                      "hyperparameters": dict(job.foreground.hyperparameters), "verdict": pf.verdict,
+                      "blocked_by": list(pf.blocked_by), "fix": list(dict.fromkeys(fixes)),
+                      "would_run": pf.verdict == "pass" or not args.require_preflight,
+                      "argv": rec["argv"], "cwd": spec.path, "env_set": rec["env_set"], "env_dropped": rec["env_dropped"],
+                      "hf_cache": rec["hf_cache"], "torch_hub": rec["torch_hub"], "offline": rec["offline"],
+                      "background": bg, "warnings": list(job.warnings)})
+    blocked = sum(1 for i in items if i["verdict"] == "blocked")
+    if args.json:
+        json.dump({"format_version": FORMAT_VERSION, "dry_run": True, "settings_file": ctx.plan.file,
+                   "models_config": ctx.registry.path, "seed": seed, "launch": {"how": ctx.launch.how, "user": ctx.launch.user},
+                   "experiments": items, "summary": {"experiments": len(items), "pass": len(items) - blocked, "blocked": blocked}},
+                  sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        w = sys.stdout.write
+        w(f"mutation-run --dry-run: {ctx.plan.name}: {len(items)} experiment(s), seed {seed}, launch {ctx.launch.how}\n")
+        for n, it in enumerate(items, 1):
+            mark = "✓" if it["verdict"] == "pass" else "✗"
+            w(f"\n[{n}/{len(items)}] {mark} {it['id']}  ({it['mode']}) {it['verdict']}"
+              + (f" by {', '.join(it['blocked_by'])}" if it["blocked_by"] else "")
+              + ("" if it["would_run"] else "  -> not started") + "\n")
+            w(f"    cd {shlex.quote(it['cwd'])}\n")
+            env_words = [f"{k}={shlex.quote(v)}" for k, v in it["env_set"].items()]
+            w("    " + " ".join(env_words + [shlex.quote(a) for a in it["argv"]]) + "\n")
+            if it["env_dropped"]:
+                w(f"    unset: {' '.join(it['env_dropped'])}\n")
+            if it["background"]:
+                w(f"    background (looping, cd {shlex.quote(it['background']['cwd'])}): "
+                  + " ".join(shlex.quote(a) for a in it["background"]["argv"]) + "\n")
+            for fix in it["fix"]:
+                w(f"    fix: {fix}\n")
+            for warn in it["warnings"]:
+                w(f"    ! {warn}\n")
+        w(f"\n{len(items) - blocked} of {len(items)} can run, {blocked} blocked\n")
+    return 1 if blocked else 0
+
+
+def run(args) -> int:
+    from doctor.cli import UsageError
+    from doctor.ownership import sudo_owner
+    from runner.batch import Batch, new_run_dir
+    from runner.execute import StopRequest
+    from runner.expand import expand, jobs_from_manifest
+    from runner.launchenv import preflight
+    from runner.results import write_json
+
+    _check_args(args)
+    started = time.time()
+    manifest = _load_manifest(os.path.abspath(args.resume)) if args.resume else None
+    if manifest is None and not args.settings:
+        raise UsageError("-ec FILE is required (the settings file of the batch), or --resume RUN_DIR")
+    ctx, ns = _context(args, manifest)
+    console = Console()
+    say = console.say
+    if manifest is not None:
+        seed = manifest.get("seed")
+        jobs = jobs_from_manifest(ctx.plan.experiments, manifest["experiments"])
+        missing = [r["id"] for r in manifest["experiments"] if r["id"] not in {j.id for j in jobs}]
+        if missing:
+            raise UsageError(f"--resume {args.resume}: the settings file no longer produces {', '.join(missing[:3])}"
+                             f"{' ...' if len(missing) > 3 else ''}; resume with the settings the run started with")
+    else:
+        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
+        jobs = expand(ctx.plan.experiments, ctx.registry, seed)
+    options = _options_from(args, manifest)
+    if options.max_retries < 0:
+        options.max_retries = ctx.plan.max_retries
+
+    quiet_progress = (lambda _m: None) if (args.json and args.dry_run) else (lambda m: say(m))
+    _base, preflights = preflight(ctx, [j.experiment for j in jobs], progress=quiet_progress)
+    if args.dry_run:
+        return _dry_run(args, ctx, jobs, preflights, seed, sys.stdout)
+
+    owner = sudo_owner()
+    if manifest is not None:
+        run_dir = os.path.abspath(args.resume)
+        since = float(manifest.get("created_epoch") or started) - 1.0
+    else:
+        results_dir = os.path.abspath(args.results_dir) if args.results_dir else os.path.join(
+            ctx.options.project_root, "results")
+        try:
+            run_dir = new_run_dir(results_dir)
+        except OSError as e:
+            raise UsageError(f"--results-dir {results_dir}: cannot create a run folder: {e.strerror}") from None
+        since = started - 1.0
+        write_json(os.path.join(run_dir, "run.json"), {
+            "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "created_epoch": started, "experiment_name": ctx.plan.name, "settings_file": ctx.plan.file,
+            "models_config": ctx.registry.path, "project_root": ctx.options.project_root, "launch": ns.launch,
+            "only": ns.only, "probe_timeout": ns.timeout, "seed": seed,
+            "options": {"require_preflight": options.require_preflight, "timeout": options.timeout, "grace": options.grace,
+                        "max_retries": options.max_retries, "retry_delay": options.retry_delay,
+                        "wait_for_gpu": options.wait_for_gpu},
+            "argv": list(sys.argv), "experiments": [j.to_dict() for j in jobs]})
+    blocked = [pf for pf in preflights.values() if pf.verdict == "blocked"]
+    say(f"mutation-run: {ctx.plan.name}: {len(jobs)} experiment(s) -> {run_dir}")
+    say(f"preflight: {len(jobs) - len(blocked)} can run, {len(blocked)} blocked"
+        + ("" if options.require_preflight or not blocked else " (running them anyway: no --require-preflight)"))
+
+    stop = StopRequest().install()
+    batch = Batch(ctx=ctx, jobs=jobs, preflights=preflights, run_dir=run_dir, options=options, say=say, stop=stop,
+                  owner=owner, since=since)
+    try:
+        outcomes = batch.run(resume=manifest is not None)
+    finally:
+        stop.restore()
+        changed = batch.give_back_all()
+        if changed:
+            say(f"gave {len(changed)} file(s) created as root back to {owner[2]}")
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("passed", "failed", "blocked", "interrupted")}
+    not_started = len(jobs) - len(outcomes)
+    say(f"summary: {counts['passed']} passed, {counts['failed']} failed, {counts['blocked']} blocked"
+        + (f", {counts['interrupted']} interrupted" if counts["interrupted"] else "")
+        + (f", {not_started} not started" if not_started else "")
+        + f" -> {os.path.join(run_dir, 'summary.csv')}")
+    if stop.requested:
+        say(f"stopped; continue with: mutation-run --resume {shlex.quote(run_dir)}")
+        code = stop.exit_code
+    else:
+        code = 0 if counts["passed"] == len(jobs) else 1
+    if args.json:
+        json.dump({"format_version": FORMAT_VERSION, "run_dir": run_dir, "exit_code": code, "counts": counts,
+                   "not_started": not_started,
+                   "experiments": [{"id": o.id, "status": o.status, "verdict": o.verdict, "exit_code": o.exit_code,
+                                    "attempts": o.attempts, "duration_seconds": round(o.duration, 3),
+                                    "metrics": dict(o.metrics), "warnings": list(o.warnings)} for o in outcomes]},
+                  sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    return code
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from doctor.cli import UsageError
+    from doctor.registry import SettingsError
+
+    argv: List[str] = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        return run(args)
+    except (UsageError, SettingsError) as e:
+        print(f"mutation-run: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mutation-run: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Command lines as mutation.py builds them, as argv lists (no shell).
+
+`train_script [model_flag model] [required_args...] [flag value ...]`, hyperparameters in the
+registry's order, floats printed `%.6f`, ints as integers, booleans as a bare flag when true.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, List, Mapping
+
+from doctor.registry import RepoSpec
+
+
+def format_value(kind: str, value: Any) -> str:
+    if kind == "int":
+        return str(int(round(float(value))))
+    if kind == "float":
+        return "%.6f" % float(value)
+    if isinstance(value, float):
+        return "%.6f" % value
+    return str(value)
+
+
+def build_argv(spec: RepoSpec, model: str, hyperparameters: Mapping[str, Any]) -> List[str]:
+    """The argv of one training process, relative to the repo folder (its cwd)."""
+    argv = [spec.train_script]
+    if spec.model_flag:
+        argv += [spec.model_flag, model]
+    argv += list(spec.required_args)
+    for name, h in spec.hyperparams.items():
+        if name not in hyperparameters:
+            continue
+        value = hyperparameters[name]
+        if value is None:
+            continue
+        if isinstance(value, bool) or h.type == "bool":
+            if value in (True, "true", "True", 1):
+                argv.append(h.flag)
+            continue
+        argv += [h.flag, format_value(h.type, value)]
+    return argv
+
+
+def executable_argv(argv: List[str], cwd: str) -> List[str]:
+    """Make a script that is not executable runnable the way its suffix says (bash / python).
+
+    The user's train scripts are `./train.sh`, usually executable; a checkout that lost the
+    executable bit (a copy, a zip) would otherwise fail with "Permission denied".
+    """
+    script = argv[0]
+    path = script if os.path.isabs(script) else os.path.join(cwd, script)
+    if os.path.isfile(path) and not os.access(path, os.X_OK):
+        if script.endswith(".sh"):
+            return ["bash", *argv]
+        if script.endswith(".py"):
+            return ["python3", *argv]
+    return argv
