@@ -199,6 +199,7 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        if self.blocked or any(f.status == FAIL for f in self.findings):
+        """0: nothing blocked; 1: something blocked, failing, or a check that crashed (so unknown)."""
+        if self.blocked or any(f.status in (FAIL, ERROR) for f in self.findings):
             return 1
         return 0
