@@ -165,16 +165,22 @@ class Batch:
                                      "note": "the runner stopped during this attempt (kill -9, crash or power loss)"})
                 st["attempts"] = attempts
                 st["status"] = "interrupted"
+                # the crashed runner's children may still be training: stop them before the rerun
+                token = f"{self.run_id}/{job.id}"
+                strays = kill_stragglers(set(), set(), [token, token + "/background"])
+                st["stragglers"] = strays
                 self._open_journal()
                 self.journal.write("experiment-end", experiment_id=job.id, status="interrupted", by="resume",
-                                   attempts=attempts)
-                self._record_interrupted(job, attempts, "the runner stopped during this experiment")
+                                   attempts=attempts, stragglers=strays)
+                self._record_interrupted(job, attempts, "the runner stopped during this experiment",
+                                         extra={"stragglers": strays} if strays else None)
             elif st["status"] == "interrupted" and isinstance(rec, dict):
                 self.records[job.id] = rec
                 st["attempts"] = list(rec.get("attempts") or st["attempts"])
+                st["stragglers"] = list(rec.get("stragglers") or [])
         return state
 
-    def _record_interrupted(self, job: Job, attempts: List[dict], message: str) -> None:
+    def _record_interrupted(self, job: Job, attempts: List[dict], message: str, extra: Optional[dict] = None) -> None:
         pf = self.preflights[job.id]
         log = os.path.join(self._exp_dir(job), LOG)
         lines = read_tail(log)
@@ -183,7 +189,8 @@ class Batch:
                                 duration=sum(a.get("duration_seconds") or 0 for a in attempts), exit_code=None,
                                 attempts=attempts, metrics={}, error_message=f"interrupted: {message}",
                                 error_excerpt=[mask_text(x, pf.child.launch.env) for x in error_excerpt(lines)] if lines else [],
-                                preflight=pf.record(), launch=pf.child.record(cwd=self.ctx.registry.repos[job.foreground.repo].path))
+                                preflight=pf.record(), launch=pf.child.record(cwd=self.ctx.registry.repos[job.foreground.repo].path),
+                                extra=extra)
         self._write(job, rec)
 
     def _open_journal(self) -> None:
@@ -206,7 +213,8 @@ class Batch:
                 continue
             if self.stop.requested:
                 break
-            outcome = self.run_job(i, total, job, prior=list(st.get("attempts") or []))
+            outcome = self.run_job(i, total, job, prior=list(st.get("attempts") or []),
+                                   prior_stragglers=list(st.get("stragglers") or []))
             self.outcomes.append(outcome)
             self._give_back_run_dir()
             if outcome.status == "interrupted":
@@ -219,7 +227,7 @@ class Batch:
         self.journal = None
         return self.outcomes
 
-    def run_job(self, i: int, total: int, job: Job, prior: List[dict]) -> Outcome:
+    def run_job(self, i: int, total: int, job: Job, prior: List[dict], prior_stragglers: Sequence[dict] = ()) -> Outcome:
         ctx, opt = self.ctx, self.opt
         pf = self.preflights[job.id]
         exp_dir = self._exp_dir(job)
@@ -261,7 +269,7 @@ class Batch:
                          + ", ".join(f"pid {p['pid']} ({p.get('memory_mib')} MiB)" for p in foreign[:3]))
         need = gpuwatch.gpu_need_gb(job.experiment)
         if opt.wait_for_gpu and need:
-            ok, waited, free = gpuwatch.wait_for_memory(need, opt.wait_for_gpu, env=pf.child.launch.env,
+            ok, waited, free = gpuwatch.wait_for_memory(need, opt.wait_for_gpu, env=pf.child.launch.env, poll=1.0,
                                                         stop=lambda: self.stop.requested, say=self.say)
             extra["gpu_wait_seconds"] = round(waited, 1)
             if not ok:
@@ -278,10 +286,11 @@ class Batch:
 
         attempts = list(prior)
         transient_used = sum(1 for a in attempts if a.get("retry_reason"))
-        pgids, pids = set(), set()
+        pgids, pids, strays = set(), set(), list(prior_stragglers)
         bg = None
         if bg_argv:
-            bg = Background(bg_argv, bg_cwd, env, os.path.join(exp_dir, BG_LOG), opt.grace)
+            bg_env = dict(env, **{TOKEN_VAR: token + "/background"})
+            bg = Background(bg_argv, bg_cwd, bg_env, os.path.join(exp_dir, BG_LOG), opt.grace)
             bg.start()
         t_start = time.monotonic()
         status, failure, last = "failed", "", None
@@ -297,9 +306,10 @@ class Batch:
                     self.journal.write("attempt-log-moved", experiment_id=job.id, attempt=prev.get("attempt"), log=aside)
                 self.journal.write("attempt-start", experiment_id=job.id, attempt=n, log=LOG, started=now_iso())
                 res = run_attempt(argv, cwd, env, log_path, timeout=opt.timeout, grace=opt.grace, stop=self.stop,
-                                  stream=self.stream, tick=bg.tick if bg else None)
-                pgids.add(res.pid)
+                                  stream=self.stream, tick=bg.tick if bg else None, token=token)
+                pgids = {res.pid}
                 pids |= res.descendants
+                strays += res.stragglers
                 last = res
                 rec = {"attempt": n, "log": LOG, "started": res.started, "duration_seconds": round(res.duration, 3),
                        "exit_code": res.exit_code, "signal": res.signal, "timed_out": res.timed_out, "retry_reason": None}
@@ -339,7 +349,7 @@ class Batch:
                 bg.stop()
                 pgids |= bg.pgids
                 pids |= bg.descendants
-        strays = kill_stragglers(pgids, pids, token, grace=min(opt.grace, 2.0))
+        strays += kill_stragglers(pgids, pids, [token, token + "/background"], grace=min(opt.grace, 2.0))
         duration = time.monotonic() - t_start
         if strays:
             extra["stragglers"] = strays

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import IO, Callable, Dict, List, Mapping, Optional, Sequence, Set
+from typing import IO, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
 TOKEN_VAR = "MUTATION_RUN_ID"
 POLL = 0.25  # seconds between checks of timeout / Ctrl-C / background while a child is quiet
@@ -85,7 +85,8 @@ class AttemptResult:
     interrupted: bool = False
     pid: int = 0
     start_error: str = ""
-    descendants: Set[int] = field(default_factory=set)
+    descendants: Set[tuple] = field(default_factory=set)
+    stragglers: List[dict] = field(default_factory=list)
 
 
 def _killpg(pgid: int, sig: int) -> bool:
@@ -96,13 +97,20 @@ def _killpg(pgid: int, sig: int) -> bool:
         return False
 
 
-def _descendants(pid: int) -> Set[int]:
+def _descendants(pid: int) -> Set[tuple]:
+    """(pid, start time) of every descendant of `pid` now; the start time guards against pid reuse."""
     try:
         import psutil
 
-        return {c.pid for c in psutil.Process(pid).children(recursive=True)}
+        kids = [c.pid for c in psutil.Process(pid).children(recursive=True)]
     except Exception:  # noqa: BLE001 - the process may be gone; nothing to record
         return set()
+    out = set()
+    for k in kids:
+        st = _proc_stat(k)
+        if st is not None:
+            out.add((k, st[2]))
+    return out
 
 
 def start(argv: Sequence[str], cwd: str, env: Mapping[str, str], stdout) -> subprocess.Popen:
@@ -112,7 +120,8 @@ def start(argv: Sequence[str], cwd: str, env: Mapping[str, str], stdout) -> subp
 
 def run_attempt(argv: Sequence[str], cwd: str, env: Mapping[str, str], log_path: str, *,
                 timeout: Optional[float], grace: float, stop: StopRequest,
-                stream: Optional[IO[bytes]] = None, tick: Optional[Callable[[], None]] = None) -> AttemptResult:
+                stream: Optional[IO[bytes]] = None, tick: Optional[Callable[[], None]] = None,
+                token: Optional[str] = None) -> AttemptResult:
     """Run one process to its end, its output into `log_path` (and `stream`), honouring the
     timeout and stop requests; returns how it ended. Never raises for a child that cannot start."""
     started_iso, t0 = now_iso(), time.monotonic()
@@ -136,7 +145,7 @@ def run_attempt(argv: Sequence[str], cwd: str, env: Mapping[str, str], log_path:
         timed_out = interrupted = False
         eof = False
         exited_at: Optional[float] = None
-        descendants: Set[int] = set()
+        descendants: Set[tuple] = set()
         next_scan = t0 + 0.5
         while True:
             if not eof:
@@ -190,14 +199,14 @@ def run_attempt(argv: Sequence[str], cwd: str, env: Mapping[str, str], log_path:
             if tick is not None:
                 tick()
         rc = proc.wait()
-        # anything left in the group after the leader ended is terminated now
-        if _killpg(pgid, signal.SIGTERM):
-            time.sleep(0.05)
-            _killpg(pgid, signal.SIGKILL)
+        duration = time.monotonic() - t0
+        # anything of this attempt still alive once the leader ended (in its group, a recorded
+        # descendant, or carrying its token after escaping with setsid) is stopped and reported
+        strays = kill_stragglers({pgid}, descendants, [token] if token else (), grace=min(grace, 2.0))
         proc.stdout.close()
-        return AttemptResult(started_iso, time.monotonic() - t0, exit_code=rc if rc >= 0 else None,
+        return AttemptResult(started_iso, duration, exit_code=rc if rc >= 0 else None,
                              signal=signal_name(-rc) if rc < 0 else None, timed_out=timed_out,
-                             interrupted=interrupted, pid=proc.pid, descendants=descendants)
+                             interrupted=interrupted, pid=proc.pid, descendants=descendants, stragglers=strays)
     finally:
         log.close()
 
@@ -206,7 +215,8 @@ class Background:
     """A parallel experiment's background job: started first, restarted whenever it exits while
     the foreground runs (with a back-off when it keeps failing fast), stopped by group at the end."""
 
-    MIN_UPTIME = 2.0
+    MIN_UPTIME = 2.0  # a job that ends sooner is failing fast: wait before restarting it, longer each time
+    FIRST_BACKOFF = 0.25
     MAX_BACKOFF = 30.0
 
     def __init__(self, argv: Sequence[str], cwd: str, env: Mapping[str, str], log_path: str, grace: float):
@@ -216,11 +226,11 @@ class Background:
         self.starts = 0
         self.exits: List[dict] = []
         self.pgids: Set[int] = set()
-        self.descendants: Set[int] = set()
+        self.descendants: Set[tuple] = set()
         self.start_error = ""
         self._started_at = 0.0
         self._restart_at: Optional[float] = None
-        self._backoff = 1.0
+        self._backoff = self.FIRST_BACKOFF
         self._next_scan = 0.0
 
     def start(self) -> None:
@@ -238,7 +248,7 @@ class Background:
             self.proc = None
             self._restart_at = time.monotonic() + self.MAX_BACKOFF
             return
-        self.pgids.add(self.proc.pid)
+        self.pgids = {self.proc.pid}  # earlier groups were killed when their leader ended
         self._started_at = time.monotonic()
         self._restart_at = None
 
@@ -256,9 +266,12 @@ class Background:
                                "seconds": round(now - self._started_at, 3)})
             _killpg(self.proc.pid, signal.SIGKILL)  # leftovers of the finished job
             self.proc = None
-            uptime = now - self._started_at
-            self._backoff = min(self._backoff * 2, self.MAX_BACKOFF) if uptime < self.MIN_UPTIME else 1.0
-            self._restart_at = now + (self._backoff if uptime < self.MIN_UPTIME else 0)
+            if now - self._started_at < self.MIN_UPTIME:
+                self._restart_at = now + self._backoff
+                self._backoff = min(self._backoff * 2, self.MAX_BACKOFF)
+            else:
+                self._restart_at = now
+                self._backoff = self.FIRST_BACKOFF
         if self._restart_at is not None and now >= self._restart_at:
             self.start()
 
@@ -271,9 +284,8 @@ class Background:
                 self.proc.wait(timeout=self.grace)
             except subprocess.TimeoutExpired:
                 pass
-        for pgid in self.pgids:
-            _killpg(pgid, signal.SIGKILL)
         if self.proc is not None:
+            _killpg(self.proc.pid, signal.SIGKILL)
             try:
                 rc = self.proc.wait(timeout=5)
                 self.exits.append({"exit_code": rc if rc >= 0 else None, "signal": signal_name(-rc) if rc < 0 else None,
@@ -287,74 +299,88 @@ class Background:
             self.log = None
 
 
-def stragglers(pgids: Set[int], pids: Set[int], token: Optional[str]) -> List[dict]:
-    """Processes of an experiment still alive: in one of its process groups, recorded as a
-    descendant, or carrying its run token. Zombies are dead and not reported."""
-    import psutil
+def _proc_stat(pid: int):
+    """(state, pgid, start time in clock ticks) from /proc/<pid>/stat, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rfind(b")") + 2:].split()
+    try:
+        return rest[0].decode(), int(rest[2]), int(rest[19])
+    except (IndexError, ValueError):
+        return None
 
+
+def _has_token(pid: int, needles: Sequence[bytes]) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = b"\0" + f.read()
+    except OSError:
+        return False
+    return any(n in env for n in needles)
+
+
+def stragglers(pgids: Set[int], pids: Set[tuple], tokens: Iterable[str] = ()) -> List[dict]:
+    """Processes of an experiment still alive: in one of its process groups, recorded as a
+    descendant, or carrying one of its run tokens in the environment. Zombies are dead and not
+    reported. Reads /proc directly (a few ms for hundreds of processes)."""
+    needles = [b"\0" + f"{TOKEN_VAR}={t}".encode() + b"\0" for t in tokens if t]
     me = os.getpid()
-    found: Dict[int, psutil.Process] = {}
-    for p in psutil.process_iter(["pid"]):
-        if p.pid == me:
-            continue
-        try:
-            if p.status() == psutil.STATUS_ZOMBIE:
-                continue
-            hit = p.pid in pids
-            if not hit and pgids:
-                try:
-                    hit = os.getpgid(p.pid) in pgids
-                except OSError:
-                    hit = False
-            if not hit and token:
-                try:
-                    hit = p.environ().get(TOKEN_VAR) == token
-                except (psutil.AccessDenied, psutil.ZombieProcess, OSError):
-                    hit = False
-            if hit:
-                found[p.pid] = p
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
     out = []
-    for pid, p in sorted(found.items()):
-        try:
-            cmd = " ".join(p.cmdline())[:300]
-        except (psutil.Error, OSError):
-            cmd = ""
-        out.append({"pid": pid, "cmdline": cmd})
+    try:
+        entries = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:  # pragma: no cover - Linux only
+        entries = []
+    for pid in entries:
+        if pid == me:
+            continue
+        st = _proc_stat(pid)
+        if st is None or st[0] in ("Z", "X"):
+            continue
+        if (pid, st[2]) in pids or st[1] in pgids or (needles and _has_token(pid, needles)):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:300]
+            except OSError:
+                cmd = ""
+            out.append({"pid": pid, "cmdline": cmd})
     return out
 
 
-def kill_stragglers(pgids: Set[int], pids: Set[int], token: Optional[str], grace: float = 2.0) -> List[dict]:
-    """Find what is left of an experiment, SIGTERM then SIGKILL it; returns what was found (and
-    whether it is gone)."""
-    import psutil
+def _wait_gone(pids: Iterable[int], timeout: float) -> Set[int]:
+    """Wait until the processes are gone (or zombies); returns those still alive."""
+    left = set(pids)
+    end = time.monotonic() + timeout
+    while left:
+        left = {p for p in left if (_proc_stat(p) or ("X",))[0] not in ("Z", "X")}
+        if not left or time.monotonic() >= end:
+            break
+        time.sleep(0.02)
+    return left
 
-    left = stragglers(pgids, pids, token)
+
+def _signal_pids(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def kill_stragglers(pgids: Set[int], pids: Set[tuple], tokens: Iterable[str] = (), grace: float = 2.0) -> List[dict]:
+    """Find what is left of an experiment, SIGTERM then SIGKILL it; returns what was found, each
+    with `killed` (gone afterwards)."""
+    left = stragglers(pgids, pids, tokens)
     if not left:
         return []
-    procs = []
+    found = [s["pid"] for s in left]
+    _signal_pids(found, signal.SIGTERM)
+    alive = _wait_gone(found, min(grace, 2.0))
+    if alive:
+        _signal_pids(alive, signal.SIGKILL)
+        alive = _wait_gone(alive, 2.0)
     for s in left:
-        try:
-            p = psutil.Process(s["pid"])
-            p.terminate()
-            procs.append(p)
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=min(grace, 2.0))
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(alive, timeout=2.0)
-    still = set()
-    for p in alive:
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE:
-                still.add(p.pid)
-        except psutil.Error:
-            pass
-    for s in left:
-        s["killed"] = s["pid"] not in still
+        s["killed"] = s["pid"] not in alive
     return left

@@ -87,10 +87,11 @@ def traceback_chain(lines: Sequence[str]) -> List[List[str]]:
         start, j = i, i + 1
         while j < n and (_frame_line(lines[j]) or (not lines[j].strip() and j + 1 < n and _frame_line(lines[j + 1]))):
             j += 1
+        # the exception line itself; what follows may be its message's continuation or the next
+        # thing the script printed (`echo "Training FAILED"`): only the first line is certain
         exc: List[str] = []
-        while j < n and lines[j].strip() and not lines[j].startswith(_TB) and not lines[j].startswith(_CHAIN) \
-                and len(exc) < 4:
-            exc.append(lines[j].rstrip())
+        if j < n and lines[j].strip() and not lines[j].startswith(_TB) and not lines[j].startswith(_CHAIN):
+            exc.append(lines[j].rstrip()[:500])
             j += 1
         blocks.append((start, j, exc))
         i = max(j, i + 1)

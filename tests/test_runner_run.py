@@ -1,0 +1,352 @@
+"""mutation-run end to end with real processes: process groups, signals, timeouts, retries,
+parallel mode, the gate, kill -9 and --resume. Train scripts are small bash/python files in tmp."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+HP = {"epochs": {"flag": "--epochs", "type": "int", "default": 3, "range": [1, 9], "distribution": "uniform"},
+      "lr": {"flag": "--lr", "type": "float", "default": 0.1, "range": [0.01, 1.0], "distribution": "log_uniform"}}
+
+
+def make_project(tmp_path, repos, experiments, **top):
+    """A project folder with repos/<name>/train.sh, models_config.json and settings.json."""
+    root = tmp_path / "proj"
+    reg = {"models": {}}
+    for name, r in repos.items():
+        d = root / "repos" / name
+        d.mkdir(parents=True)
+        (d / "train.sh").write_text(r["script"])
+        (d / "train.sh").chmod(0o755)
+        reg["models"][name] = {"path": f"repos/{name}", "train_script": "./train.sh", "models": r.get("models", ["m"]),
+                               "model_flag": "-n", "supported_hyperparams": r.get("hp", HP),
+                               "performance_metrics": {"log_patterns": r.get("patterns", {"acc": r"ACC ([0-9.]+)"})},
+                               "requires": r.get("requires", {})}
+    (root / "models_config.json").write_text(json.dumps(reg))
+    settings = {"experiment_name": "t", "max_retries": top.pop("max_retries", 2), "experiments": experiments, **top}
+    (root / "settings.json").write_text(json.dumps(settings))
+    return root
+
+
+def runner_argv(root, *args):
+    return [PY, "-m", "runner.cli", "--project-root", str(root), "--models-config", str(root / "models_config.json"),
+            "-ec", str(root / "settings.json"), "--results-dir", str(root / "results"), "--only", "settings,cache",
+            "--probe-timeout", "1", "--retry-delay", "0", "--grace", "1", *args]
+
+
+def run(root, *args, env, timeout=60):
+    return subprocess.run(runner_argv(root, *args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_dir(root):
+    dirs = sorted((root / "results").glob("run_*"))
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def record(root, eid):
+    return json.loads((run_dir(root) / eid / "experiment.json").read_text())
+
+
+def summary(root):
+    import csv
+
+    with open(run_dir(root) / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def wait_for(predicate, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def entry(repo="r", model="m", mode="default", **kw):
+    return {"mode": mode, "repo": repo, "model": model, **kw}
+
+
+@pytest.fixture
+def env(clean_env):
+    e = dict(clean_env)
+    e["PATH"] = os.path.dirname(PY) + os.pathsep + e.get("PATH", "/usr/bin:/bin")
+    return e
+
+
+# -- success, metrics, warnings ----------------------------------------------------------------
+def test_pass_metrics_argv_and_a_run_that_trained_nothing(tmp_path, env):
+    ok = '#!/bin/bash\necho "args: $*"\necho "ACC 0.91"\n'
+    silent = '#!/bin/bash\necho "starting"; echo "Training completed successfully"\n'
+    root = make_project(tmp_path, {"r": {"script": ok}, "s": {"script": silent}},
+                        [entry(hyperparameters={"epochs": 2, "lr": 0.5}), entry("s")])
+    p = run(root, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "args: -n m --epochs 2 --lr 0.500000" in p.stdout  # streamed to the terminal
+    r = record(root, "r_m_001")
+    assert r["status"] == "passed" and r["training_success"] is True and r["exit_code"] == 0
+    assert r["performance_metrics"] == {"acc": 0.91}
+    assert r["launch"]["argv"] == ["./train.sh", "-n", "m", "--epochs", "2", "--lr", "0.500000"]
+    assert r["launch"]["cwd"] == str(root / "repos" / "r")
+    assert r["attempts"][0]["log"] == "training.log" and r["attempts"][0]["exit_code"] == 0
+    assert (run_dir(root) / "r_m_001" / "training.log").read_text().endswith("ACC 0.91\n")
+    s = record(root, "s_m_002")
+    assert s["status"] == "passed" and any("trained nothing?" in w for w in s["warnings"])
+    rows = summary(root)
+    assert [r["status"] for r in rows] == ["passed", "passed"] and rows[0]["perf_acc"] == "0.91"
+    events = [json.loads(x)["event"] for x in (run_dir(root) / "journal.jsonl").read_text().splitlines()]
+    assert events[0] == "run-start" and events[-1] == "run-end"
+
+
+def test_missing_module_fails_once_with_the_real_exception(tmp_path, env):
+    script = f'#!/bin/bash\necho "loading"\nexec {PY} -c "import scipy_is_not_installed_here"\n'
+    root = make_project(tmp_path, {"r": {"script": script}}, [entry()])
+    p = run(root, env=env)
+    assert p.returncode == 1
+    r = record(root, "r_m_001")
+    assert r["status"] == "failed" and r["training_success"] is False and r["exit_code"] == 1
+    assert len(r["attempts"]) == 1 and r["retries"] == 0
+    assert r["error_excerpt"] == ["ModuleNotFoundError: No module named 'scipy_is_not_installed_here'"]
+    assert "module is missing" in r["error_message"] and "not_retried" in r["attempts"][0]
+
+
+def test_transient_network_error_is_retried_with_the_reason_and_both_logs_kept(tmp_path, env):
+    # first attempt: a real refused connection (urllib), second attempt: success
+    script = f'''#!/bin/bash
+n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count
+if [ $n -eq 1 ]; then
+  exec {PY} -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9/x', timeout=5)"
+fi
+echo "ACC 0.5"
+'''
+    root = make_project(tmp_path, {"r": {"script": script}}, [entry()])
+    p = run(root, env=env)
+    assert p.returncode == 0, p.stderr
+    r = record(root, "r_m_001")
+    assert r["status"] == "passed" and r["retries"] == 1
+    a1, a2 = r["attempts"]
+    assert a1["log"] == "training.attempt1.log" and a2["log"] == "training.log"
+    assert a1["exit_code"] == 1 and "network error" in a1["retry_reason"] and "Connection refused" in a1["retry_reason"]
+    assert a2["retry_reason"] is None
+    exp = run_dir(root) / "r_m_001"
+    assert "URLError" in (exp / "training.attempt1.log").read_text()
+    assert (exp / "training.log").read_text().strip() == "ACC 0.5"
+
+
+def test_timeout_kills_a_child_that_ignores_sigterm_after_the_grace(tmp_path, env):
+    script = f'''#!/bin/bash
+echo $$ > pid
+exec {PY} -c "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+'''
+    root = make_project(tmp_path, {"r": {"script": script}}, [entry()])
+    t0 = time.monotonic()
+    p = run(root, "--timeout", "1", "--max-retries", "0", env=env)
+    took = time.monotonic() - t0
+    assert p.returncode == 1
+    r = record(root, "r_m_001")
+    a = r["attempts"][0]
+    assert a["timed_out"] is True and a["signal"] == "SIGKILL" and a["exit_code"] is None
+    assert 1.9 <= a["duration_seconds"] < 6, a  # SIGTERM at 1 s ignored, SIGKILL after the 1 s grace
+    assert r["error_message"].startswith("timed out after 1 s")
+    assert not alive(int((root / "repos" / "r" / "pid").read_text()))
+    assert took < 30
+
+
+def test_grandchildren_in_and_out_of_the_group_are_killed_and_reported(tmp_path, env):
+    script = '''#!/bin/bash
+sleep 300 & echo $! > in_group.pid
+setsid sleep 301 > /dev/null 2>&1 < /dev/null & echo $! > escaped.pid
+sleep 0.3
+echo "ACC 1.0"
+'''
+    root = make_project(tmp_path, {"r": {"script": script}}, [entry()])
+    p = run(root, env=env)
+    assert p.returncode == 0, p.stderr
+    repo = root / "repos" / "r"
+    in_group, escaped = int((repo / "in_group.pid").read_text()), int((repo / "escaped.pid").read_text())
+    assert not alive(in_group) and not alive(escaped)
+    r = record(root, "r_m_001")
+    found = {s["pid"]: s for s in r["stragglers"]}
+    assert {in_group, escaped} <= set(found) and all(s["killed"] for s in found.values())
+    assert any("process(es) of this experiment were still alive" in w for w in r["warnings"])
+    assert r["status"] == "passed"
+
+
+def test_parallel_background_loops_and_is_gone_at_the_end(tmp_path, env):
+    fg = '#!/bin/bash\nsleep 2.5\necho "ACC 0.7"\n'
+    bg = '#!/bin/bash\necho "bg $$" >> starts.txt\nsleep 0.2\n'
+    bg_long = '#!/bin/bash\necho $$ > pid\nexec sleep 300\n'
+    root = make_project(tmp_path, {"f": {"script": fg}, "b": {"script": bg}, "c": {"script": bg_long}}, [
+        {"mode": "parallel", "foreground": {"repo": "f", "model": "m", "mode": "default", "hyperparameters": {"epochs": 1}},
+         "background": {"repo": "b", "model": "m", "hyperparameters": {}}},
+        {"mode": "parallel", "foreground": {"repo": "f", "model": "m", "mode": "default", "hyperparameters": {}},
+         "background": {"repo": "c", "model": "m", "hyperparameters": {}}},
+    ])
+    p = run(root, env=env)
+    assert p.returncode == 0, p.stderr
+    r = record(root, "f_m_001_parallel")
+    assert r["mode"] == "parallel" and r["status"] == "passed"
+    assert r["foreground"]["repository"] == "f" and r["foreground"]["performance_metrics"] == {"acc": 0.7}
+    assert r["background"]["repository"] == "b" and r["background"]["log"] == "background.log"
+    starts = (root / "repos" / "b" / "starts.txt").read_text().splitlines()
+    assert len(starts) >= 3 and r["background"]["restarts"] == len(starts) - 1
+    assert "=== background start 1" in (run_dir(root) / "f_m_001_parallel" / "background.log").read_text()
+    assert not alive(int((root / "repos" / "c" / "pid").read_text()))
+    assert summary(root)[0]["repository"] == "f"
+
+
+# -- the gate and the dry run ---------------------------------------------------------------------
+def test_gate_blocks_with_fixes_and_without_the_flag_still_runs_and_records(tmp_path, env):
+    ok = '#!/bin/bash\necho "ACC 0.9"\n'
+    root = make_project(tmp_path, {"r": {"script": ok, "requires": {"m": [{"path": "data/train.csv", "kind": "dataset"}]}},
+                                   "s": {"script": ok}}, [entry(), entry("s")])
+    p = run(root, "--require-preflight", env=env)
+    assert p.returncode == 1
+    r = record(root, "r_m_001")
+    assert r["status"] == "blocked" and r["attempts"] == [] and r["exit_code"] is None
+    assert r["preflight"]["verdict"] == "blocked" and "cache.path.missing" in r["preflight"]["blocked_by"]
+    assert any(f["id"] == "cache.path.missing" and f["fix"] for f in r["preflight"]["findings"])
+    assert not (run_dir(root) / "r_m_001" / "training.log").exists()
+    assert record(root, "s_m_002")["status"] == "passed"
+    assert "blocked by cache.path.missing" in p.stderr and "fix:" in p.stderr
+    for d in (root / "results").glob("run_*"):
+        import shutil
+        shutil.rmtree(d)
+    p = run(root, env=env)
+    assert p.returncode == 0, p.stderr
+    r = record(root, "r_m_001")
+    assert r["status"] == "passed" and r["preflight"]["verdict"] == "blocked"
+
+
+def test_dry_run_prints_argv_env_and_verdicts_and_runs_nothing(tmp_path, env):
+    script = '#!/bin/bash\ntouch ran\n'
+    root = make_project(tmp_path, {"r": {"script": script}}, [entry(mode="mutation", mutate=["lr"], runs_per_config=3)])
+    p = run(root, "--dry-run", "--json", "--seed", "5", env=env)
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["dry_run"] is True and data["seed"] == 5 and len(data["experiments"]) == 3
+    lrs = set()
+    for e in data["experiments"]:
+        assert e["verdict"] == "pass" and e["argv"][:3] == ["./train.sh", "-n", "m"]
+        assert e["argv"][3] == "--lr" and len(e["argv"][4].split(".")[1]) == 6
+        lrs.add(e["argv"][4])
+    assert len(lrs) == 3
+    assert not (root / "repos" / "r" / "ran").exists() and not (root / "results").exists()
+    again = json.loads(run(root, "--dry-run", "--json", "--seed", "5", env=env).stdout)
+    assert [e["argv"] for e in again["experiments"]] == [e["argv"] for e in data["experiments"]]
+    text = run(root, "--dry-run", "--seed", "5", env=env)
+    assert "./train.sh -n m --lr" in text.stdout and "3 of 3 can run" in text.stdout
+
+
+def test_usage_errors_are_one_line(tmp_path, env):
+    root = make_project(tmp_path, {"r": {"script": "#!/bin/bash\n"}}, [entry()])
+    for args in (["--timeout", "0"], ["--resume", str(tmp_path / "nope")], ["--max-retries", "-1"]):
+        p = run(root, *args, env=env)
+        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1 and "mutation-run: error:" in p.stderr
+
+
+# -- interruptions ----------------------------------------------------------------------------------
+def test_ctrl_c_stops_the_experiment_writes_the_summary_and_exits_130(tmp_path, env):
+    script = '#!/bin/bash\necho $$ > pid\ntrap "echo got TERM; exit 143" TERM\nwhile true; do sleep 0.1; done\n'
+    root = make_project(tmp_path, {"r": {"script": script}}, [entry(), entry(hyperparameters={"epochs": 5})])
+    proc = subprocess.Popen(runner_argv(root), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pidfile = root / "repos" / "r" / "pid"
+    assert wait_for(pidfile.exists), "experiment never started"
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - t0 < 5  # grace is 1 s
+    assert not alive(int(pidfile.read_text()))
+    r = record(root, "r_m_001")
+    assert r["status"] == "interrupted" and r["attempts"][0]["interrupted"] is True
+    assert "got TERM" in (run_dir(root) / "r_m_001" / "training.log").read_text()  # SIGTERM reached the group
+    rows = summary(root)
+    assert [x["status"] for x in rows] == ["interrupted"]
+    assert "--resume" in err
+
+
+def test_kill_9_mid_batch_then_resume_reruns_only_what_did_not_finish(tmp_path, env):
+    script = '''#!/bin/bash
+echo "$$ $*" >> ../runs.txt
+if [ "$4" = "2" ] && [ ! -e ../release ]; then echo $$ > ../blocked.pid; exec sleep 120; fi
+echo "ACC 0.$4"
+'''
+    exps = [entry(hyperparameters={"epochs": n}) for n in (1, 2, 3)]
+    root = make_project(tmp_path, {"r": {"script": script}}, exps)
+    proc = subprocess.Popen(runner_argv(root), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    blocked = root / "repos" / "blocked.pid"
+    assert wait_for(blocked.exists), "second experiment never started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    orphan = int(blocked.read_text())
+    assert alive(orphan)  # the training outlives a killed runner...
+    (root / "repos" / "release").touch()
+    rd = run_dir(root)
+    p = subprocess.run([PY, "-m", "runner.cli", "--resume", str(rd), "--retry-delay", "0"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert not alive(orphan)  # ...until the resume stops it before running the experiment again
+    runs = [line.split(" ", 1)[1] for line in (root / "repos" / "runs.txt").read_text().splitlines()]
+    assert runs == ["-n m --epochs 1", "-n m --epochs 2", "-n m --epochs 2", "-n m --epochs 3"]
+    r2 = record(root, "r_m_002")
+    assert r2["status"] == "passed"
+    first, second = r2["attempts"]
+    assert first["interrupted"] is True and first["log"] == "training.attempt1.log" and first["exit_code"] is None
+    assert second["attempt"] == 2 and second["log"] == "training.log" and second["exit_code"] == 0
+    assert r2["retries"] == 0 and r2.get("stragglers")
+    assert [x["status"] for x in summary(root)] == ["passed", "passed", "passed"]
+    events = [json.loads(x) for x in (rd / "journal.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "experiment-end" and e.get("by") == "resume" and e["status"] == "interrupted" for e in events)
+    assert sum(1 for e in events if e["event"] == "experiment-end" and e["experiment_id"] == "r_m_001") == 1
+
+
+# -- the GPU between experiments ------------------------------------------------------------------
+def test_foreign_gpu_process_recorded_and_wait_for_gpu_waits_for_memory(tmp_path, env):
+    pytest.importorskip("checks.gpu")
+    from tests.support import fake_nvidia_smi
+
+    bindir = tmp_path / "bin"
+    stray = subprocess.Popen(["sleep", "60"])  # an orphaned training holding GPU memory
+    try:
+        state = {"driver": "535.104.05", "cuda": "12.2",
+                 "gpus": [{"uuid": "GPU-0", "name": "NVIDIA GeForce RTX 3080", "memory_total": 10240,
+                           "memory_used": 7168, "compute_cap": "8.6"}],
+                 "processes": [{"pid": stray.pid, "gpu_uuid": "GPU-0", "used_memory": 7000, "process_name": "python"}]}
+        fake_nvidia_smi.install(bindir, state)
+        env = dict(env, PATH=f"{bindir}{os.pathsep}{env['PATH']}")
+        ok = '#!/bin/bash\necho "ACC 0.9"\n'
+        root = make_project(tmp_path, {"r": {"script": ok, "requires": {"m": [{"gpu_memory_gb": 4}]}}}, [entry()])
+        proc = subprocess.Popen(runner_argv(root, "--wait-for-gpu", "30"), cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        assert proc.poll() is None  # 3 GiB free, 4 needed: still waiting
+        state["gpus"][0]["memory_used"] = 1024
+        fake_nvidia_smi.write_state(bindir, state)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        r = record(root, "r_m_001")
+        assert [p["pid"] for p in r["gpu_foreign_processes"]] == [stray.pid]
+        assert r["gpu_foreign_processes"][0]["memory_mib"] == 7000
+        assert r["gpu_wait_seconds"] >= 1.5 and "waiting up to 30 s for 4 GiB" in err
+    finally:
+        stray.kill()
+        stray.wait()
