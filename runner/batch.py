@@ -25,6 +25,7 @@ from runner.results import Journal, experiment_record, journal_state, read_json,
 
 LOG = "training.log"
 BG_LOG = "background.log"
+SUMMARY_EVERY = 1.0
 NO_METRIC = "trained nothing? exit code 0 but none of the registry's log_patterns ({}) matched the log"
 
 
@@ -84,6 +85,7 @@ class Batch:
         self.owner, self.since = owner, since
         self.run_id = os.path.basename(run_dir)
         self.records: Dict[str, dict] = {}
+        self._summary_at = float("-inf")
         self.outcomes: List[Outcome] = []
         self.journal: Optional[Journal] = None
         self.stream = None
@@ -97,11 +99,15 @@ class Batch:
     def _write(self, job: Job, record: dict) -> None:
         write_json(os.path.join(self._exp_dir(job), "experiment.json"), record)
         self.records[job.id] = record
-        self.write_summary()
+        # summary.csv is derived from the records (rebuilt at the end and on --resume): after an
+        # experiment it is rewritten unless the last rewrite was under a second ago
+        if time.monotonic() - self._summary_at >= SUMMARY_EVERY:
+            self.write_summary()
 
     def write_summary(self) -> None:
         order = [j.id for j in self.jobs if j.id in self.records]
         write_summary(os.path.join(self.run_dir, "summary.csv"), [self.records[i] for i in order])
+        self._summary_at = time.monotonic()
 
     def _give_back_run_dir(self) -> None:
         if self.owner is None:
@@ -349,7 +355,9 @@ class Batch:
                 bg.stop()
                 pgids |= bg.pgids
                 pids |= bg.descendants
-        strays += kill_stragglers(pgids, pids, [token, token + "/background"], grace=min(opt.grace, 2.0))
+        if bg is not None:  # each attempt already swept its own processes; the background's remain
+            strays += kill_stragglers(pgids | bg.pgids, pids, [token, token + "/background"], grace=min(opt.grace, 2.0),
+                                      born_after=bg.born)
         duration = time.monotonic() - t_start
         if strays:
             extra["stragglers"] = strays

@@ -21,6 +21,7 @@ from typing import IO, Callable, Dict, Iterable, List, Mapping, Optional, Sequen
 TOKEN_VAR = "MUTATION_RUN_ID"
 POLL = 0.25  # seconds between checks of timeout / Ctrl-C / background while a child is quiet
 DESCENDANT_SCAN = 2.0  # seconds between snapshots of a child's descendants
+COALESCE = 0.02  # after a short read, wait this long so output is handled in batches (<= 50 wake-ups/s)
 
 
 def now_iso() -> str:
@@ -113,6 +114,25 @@ def _descendants(pid: int) -> Set[tuple]:
     return out
 
 
+def _pidfd(pid: int) -> List[int]:
+    """[a pidfd of `pid`] where the kernel has them (Linux 5.3+), else []."""
+    try:
+        return [os.pidfd_open(pid)]
+    except (AttributeError, OSError):
+        return []
+
+
+def _wait_exit(proc: subprocess.Popen, exit_fd: List[int], timeout: float) -> None:
+    """Sleep up to `timeout`, waking at once when the process exits."""
+    if exit_fd:
+        select.select(exit_fd, [], [], timeout)
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def start(argv: Sequence[str], cwd: str, env: Mapping[str, str], stdout) -> subprocess.Popen:
     return subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=stdout,
                             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
@@ -139,6 +159,8 @@ def run_attempt(argv: Sequence[str], cwd: str, env: Mapping[str, str], log_path:
                                  signal=None, start_error=msg.strip())
         fd = proc.stdout.fileno()
         os.set_blocking(fd, False)
+        exit_fd = _pidfd(proc.pid)  # readable when the child exits: no polling for its end
+        born = (_proc_stat(proc.pid) or ("", 0, 0))[2]  # nothing of this attempt is older
         pgid = proc.pid
         deadline = t0 + timeout if timeout else None
         kill_at: Optional[float] = None
@@ -150,7 +172,8 @@ def run_attempt(argv: Sequence[str], cwd: str, env: Mapping[str, str], log_path:
         while True:
             if not eof:
                 try:
-                    ready, _, _ = select.select([fd], [], [], POLL)
+                    ready, _, _ = select.select([fd] + (exit_fd if exited_at is None else []), [], [], POLL)
+                    ready = [r for r in ready if r == fd]
                 except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for safety
                     ready = []
                 if ready:
@@ -168,8 +191,12 @@ def run_attempt(argv: Sequence[str], cwd: str, env: Mapping[str, str], log_path:
                                 stream.flush()
                             except (OSError, ValueError):
                                 stream = None
+                        if len(data) < (1 << 15):
+                            # a chatty job: gather its lines instead of waking up for each one
+                            # (returns at once when the job ends)
+                            _wait_exit(proc, exit_fd, COALESCE)
             else:
-                time.sleep(POLL if proc.poll() is None else 0)
+                _wait_exit(proc, exit_fd, POLL)
             now = time.monotonic()
             if proc.poll() is not None:
                 if exited_at is None:
@@ -200,9 +227,11 @@ def run_attempt(argv: Sequence[str], cwd: str, env: Mapping[str, str], log_path:
                 tick()
         rc = proc.wait()
         duration = time.monotonic() - t0
+        for f in exit_fd:
+            os.close(f)
         # anything of this attempt still alive once the leader ended (in its group, a recorded
         # descendant, or carrying its token after escaping with setsid) is stopped and reported
-        strays = kill_stragglers({pgid}, descendants, [token] if token else (), grace=min(grace, 2.0))
+        strays = kill_stragglers({pgid}, descendants, [token] if token else (), grace=min(grace, 2.0), born_after=born)
         proc.stdout.close()
         return AttemptResult(started_iso, duration, exit_code=rc if rc >= 0 else None,
                              signal=signal_name(-rc) if rc < 0 else None, timed_out=timed_out,
@@ -228,6 +257,7 @@ class Background:
         self.pgids: Set[int] = set()
         self.descendants: Set[tuple] = set()
         self.start_error = ""
+        self.born = 0
         self._started_at = 0.0
         self._restart_at: Optional[float] = None
         self._backoff = self.FIRST_BACKOFF
@@ -249,6 +279,8 @@ class Background:
             self._restart_at = time.monotonic() + self.MAX_BACKOFF
             return
         self.pgids = {self.proc.pid}  # earlier groups were killed when their leader ended
+        if not self.born:
+            self.born = (_proc_stat(self.proc.pid) or ("", 0, 0))[2]  # nothing of the job is older
         self._started_at = time.monotonic()
         self._restart_at = None
 
@@ -322,10 +354,12 @@ def _has_token(pid: int, needles: Sequence[bytes]) -> bool:
     return any(n in env for n in needles)
 
 
-def stragglers(pgids: Set[int], pids: Set[tuple], tokens: Iterable[str] = ()) -> List[dict]:
+def stragglers(pgids: Set[int], pids: Set[tuple], tokens: Iterable[str] = (), born_after: int = 0) -> List[dict]:
     """Processes of an experiment still alive: in one of its process groups, recorded as a
     descendant, or carrying one of its run tokens in the environment. Zombies are dead and not
-    reported. Reads /proc directly (a few ms for hundreds of processes)."""
+    reported. `born_after`: start time (clock ticks since boot, as in /proc/<pid>/stat) before
+    which no process can belong to the experiment. Reads /proc directly (a few ms for hundreds of
+    processes)."""
     needles = [b"\0" + f"{TOKEN_VAR}={t}".encode() + b"\0" for t in tokens if t]
     me = os.getpid()
     out = []
@@ -337,7 +371,7 @@ def stragglers(pgids: Set[int], pids: Set[tuple], tokens: Iterable[str] = ()) ->
         if pid == me:
             continue
         st = _proc_stat(pid)
-        if st is None or st[0] in ("Z", "X"):
+        if st is None or st[0] in ("Z", "X") or st[2] < born_after:
             continue
         if (pid, st[2]) in pids or st[1] in pgids or (needles and _has_token(pid, needles)):
             try:
@@ -369,10 +403,11 @@ def _signal_pids(pids: Iterable[int], sig: int) -> None:
             pass
 
 
-def kill_stragglers(pgids: Set[int], pids: Set[tuple], tokens: Iterable[str] = (), grace: float = 2.0) -> List[dict]:
+def kill_stragglers(pgids: Set[int], pids: Set[tuple], tokens: Iterable[str] = (), grace: float = 2.0,
+                    born_after: int = 0) -> List[dict]:
     """Find what is left of an experiment, SIGTERM then SIGKILL it; returns what was found, each
     with `killed` (gone afterwards)."""
-    left = stragglers(pgids, pids, tokens)
+    left = stragglers(pgids, pids, tokens, born_after)
     if not left:
         return []
     found = [s["pid"] for s in left]

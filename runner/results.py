@@ -37,12 +37,15 @@ ENERGY_COLUMNS = (
 )
 
 
-def write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
+    """Readers see the old content or the new, never a part. `durable`: fsync before the rename
+    (experiment.json); summary.csv skips it, since it is rebuilt from the records at every write."""
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -185,7 +188,7 @@ def write_summary(path: str, records: Sequence[Mapping[str, Any]]) -> None:
     w.writeheader()
     for row in summary_rows(records):
         w.writerow(row)
-    write_atomic(path, buf.getvalue().encode("utf-8"))
+    write_atomic(path, buf.getvalue().encode("utf-8"), durable=False)
 
 
 # -- experiment.json -------------------------------------------------------------------------------
