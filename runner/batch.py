@@ -83,6 +83,7 @@ class Batch:
         self.ctx, self.jobs, self.preflights, self.run_dir = ctx, list(jobs), preflights, run_dir
         self.opt, self.say, self.stop = options, say, stop
         self.owner, self.since = owner, since
+        self.before = None  # see take_snapshot()
         self.run_id = os.path.basename(run_dir)
         self.records: Dict[str, dict] = {}
         self._summary_at = float("-inf")
@@ -127,19 +128,34 @@ class Batch:
         uid, gid, _user, home = self.owner
         changed = list(give_back([self.run_dir], uid, gid, since=self.since,
                                  within=os.path.dirname(os.path.dirname(self.run_dir))).changed)
-        if home:
-            prefix = home.rstrip("/") + "/"
-            roots = set()
-            for pf in self.preflights.values():
-                roots.update((pf.child.launch.hf_cache, pf.child.launch.torch_hub))
-            for job in self.jobs:
-                for side in (job.foreground, job.background):
-                    if side is not None and side.repo in self.ctx.registry.repos:
-                        roots.add(self.ctx.registry.repos[side.repo].path)
-            roots = sorted(r for r in roots if r.startswith(prefix))
-            if roots:
-                changed += give_back(roots, uid, gid, since=self.since, within=home).changed
+        roots = self.home_roots()
+        if roots:
+            changed += give_back(roots, uid, gid, since=self.since, within=home, before=self.before).changed
         return changed
+
+    def home_roots(self) -> List[str]:
+        """Folders under the invoking user's home the run may write to as root: the caches its
+        children use, the repos (checkpoints, logs), the doctor's memo folder (under `sudo -E`)."""
+        if self.owner is None or not self.owner[3]:
+            return []
+        from doctor.hubcache import default_memo_path
+
+        prefix = self.owner[3].rstrip("/") + "/"
+        roots = {os.path.dirname(default_memo_path())}
+        for pf in self.preflights.values():
+            roots.update((pf.child.launch.hf_cache, pf.child.launch.torch_hub))
+        for job in self.jobs:
+            for side in (job.foreground, job.background):
+                if side is not None and side.repo in self.ctx.registry.repos:
+                    roots.add(self.ctx.registry.repos[side.repo].path)
+        return sorted(r for r in roots if r.startswith(prefix))
+
+    def take_snapshot(self) -> None:
+        """Root-owned entries under the user's folders before the run: they stay root's."""
+        if self.owner is not None:
+            from doctor.ownership import snapshot
+
+            self.before = snapshot(self.home_roots())
 
     # -- resume ---------------------------------------------------------------------------------
     def resume_state(self) -> Dict[str, dict]:
@@ -221,6 +237,8 @@ class Batch:
                 break
             outcome = self.run_job(i, total, job, prior=list(st.get("attempts") or []),
                                    prior_stragglers=list(st.get("stragglers") or []))
+            if outcome is None:
+                break
             self.outcomes.append(outcome)
             self._give_back_run_dir()
             if outcome.status == "interrupted":
@@ -233,7 +251,8 @@ class Batch:
         self.journal = None
         return self.outcomes
 
-    def run_job(self, i: int, total: int, job: Job, prior: List[dict], prior_stragglers: Sequence[dict] = ()) -> Outcome:
+    def run_job(self, i: int, total: int, job: Job, prior: List[dict],
+                prior_stragglers: Sequence[dict] = ()) -> Optional[Outcome]:
         ctx, opt = self.ctx, self.opt
         pf = self.preflights[job.id]
         exp_dir = self._exp_dir(job)
@@ -282,6 +301,8 @@ class Batch:
                 warnings.append(f"GPU memory still short after waiting {waited:.0f} s: {free:.1f} GiB free, "
                                 f"{need:g} GiB needed")
 
+        if self.stop.requested:
+            return None  # stopped while waiting for the GPU: not started, --resume runs it
         env = pf.child.popen_env()
         env.pop(TOKEN_VAR, None)
         env[TOKEN_VAR] = token

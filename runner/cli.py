@@ -249,6 +249,8 @@ def run(args) -> int:
     stop = StopRequest().install()
     batch = Batch(ctx=ctx, jobs=jobs, preflights=preflights, run_dir=run_dir, options=options, say=say, stop=stop,
                   owner=owner, since=since)
+    if manifest is None:
+        batch.take_snapshot()  # after a crash the snapshot is gone: a resume relies on the run's start time
     try:
         outcomes = batch.run(resume=manifest is not None)
     finally:

@@ -1,5 +1,6 @@
 """mutation-run's pure parts: plan expansion, command lines, log reading, the results format."""
 import csv
+import os
 import json
 import math
 import random
@@ -211,3 +212,40 @@ def test_journal_survives_a_torn_last_line_and_tells_what_finished(tmp_path):
     st = journal_state(Journal.read(str(path)))
     assert st["a"]["status"] == "passed" and st["a"]["open_attempt"] is None
     assert st["b"]["status"] is None and st["b"]["open_attempt"]["attempt"] == 1
+
+
+# -- ownership ------------------------------------------------------------------------------------
+@pytest.mark.skipif(os.getuid() != 0, reason="chown to another user needs root")
+def test_give_back_chowns_what_the_run_created_and_nothing_else(tmp_path):
+    import time
+
+    from doctor.ownership import give_back, snapshot
+
+    uid, gid = 54321, 54321
+    home = tmp_path / "home"
+    home.mkdir()
+    old = home / "old_root_file"
+    old.write_text("was root's before the run")
+    hub = home / ".cache" / "huggingface" / "hub"
+    before = snapshot([home])
+    since = time.time()
+    hub.mkdir(parents=True)
+    (hub / "models--x" / "blobs").mkdir(parents=True)
+    (hub / "models--x" / "blobs" / "abc").write_text("w")
+    (hub / "link").symlink_to("/etc/passwd")
+    mine = hub / "already_theirs"
+    mine.write_text("x")
+    os.chown(mine, 1000, 1000)
+
+    assert len(give_back([hub], uid, gid, since=since + 3600, within=str(home))) == 0  # nothing that recent
+
+    res = give_back([hub], uid, gid, since=since, before=before, within=str(home))
+    changed = set(res.changed)
+    assert {str(home / ".cache"), str(home / ".cache" / "huggingface"), str(hub),
+            str(hub / "models--x" / "blobs" / "abc"), str(hub / "link")} <= changed
+    assert os.lstat(hub / "link").st_uid == uid and os.stat("/etc/passwd").st_uid == 0  # the link, not its target
+    assert mine.stat().st_uid == 1000 and str(mine) not in changed  # only root's files
+    assert home.stat().st_uid == 0 and old.stat().st_uid == 0  # outside the roots / there before
+    res = give_back([home], uid, gid, before=before)
+    assert str(old) not in res.changed and old.stat().st_uid == 0
+    assert give_back([tmp_path / "missing"], uid, gid).changed == ()

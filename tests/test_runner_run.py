@@ -117,8 +117,11 @@ def test_pass_metrics_argv_and_a_run_that_trained_nothing(tmp_path, env):
 def test_missing_module_fails_once_with_the_real_exception(tmp_path, env):
     script = f'#!/bin/bash\necho "loading"\nexec {PY} -c "import scipy_is_not_installed_here"\n'
     root = make_project(tmp_path, {"r": {"script": script}}, [entry()])
-    p = run(root, env=env)
+    p = run(root, "--json", env=env)
     assert p.returncode == 1
+    out = json.loads(p.stdout)  # the experiment's output went to stderr
+    assert out["exit_code"] == 1 and out["counts"]["failed"] == 1 and "loading" in p.stderr
+    assert out["experiments"][0]["status"] == "failed" and out["run_dir"] == str(run_dir(root))
     r = record(root, "r_m_001")
     assert r["status"] == "failed" and r["training_success"] is False and r["exit_code"] == 1
     assert len(r["attempts"]) == 1 and r["retries"] == 0
