@@ -1,0 +1,581 @@
+"""The catalogue of failure causes: stable ids, titles, the chain of events, the fixes, and the
+rules that recognise each cause in an exception or a log line.
+
+Chain and fix lines are templates filled from the facts of one experiment (`{hf_cache}`,
+`{invoking_home}`, ...). A line whose facts are unknown is left out rather than guessed.
+"""
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from doctor.explain.traceback import Chain, ExceptionRecord, looks_like_exception
+
+
+@dataclass(frozen=True)
+class CauseRule:
+    """One catalogue entry. `chain` and `fix` are templates (str.format fields = fact names)."""
+
+    id: str
+    title: str
+    chain: Tuple[str, ...]
+    fix: Tuple[str, ...]
+
+
+_HUB_NOTE = ("huggingface_hub falls back to the local cache when the Hub cannot be reached; "
+             "the fallback found nothing in {hf_cache_or_run}, so the weights were missing there too.")
+_OFFLINE_FIX = ("HF_HUB_OFFLINE=1 HF_HUB_CACHE={hf_cache_fix} python -c \"import timm; "
+                "timm.create_model('{timm_name}', pretrained=True)\"")
+
+RULES: Tuple[CauseRule, ...] = (
+    CauseRule(
+        "hub.cache-miss.sudo-home",
+        "Weights were in your cache, but the run (HOME={home}) looked in another one",
+        (
+            "The experiment was launched with {launch_how} as {user}, so HOME was {home} instead of "
+            "{invoking_home} (the home of {invoking_user}, who started the batch).",
+            "huggingface_hub therefore resolved its cache to {hf_cache} and looked for {need} there.",
+            "The preflight record shows {need} present in {found_elsewhere}, under {invoking_home}: "
+            "a cache the run never looked at.",
+            "{network_sentence}",
+            "It gave up with {fatal} ({where}).",
+        ),
+        (
+            "sudo env HF_HUB_CACHE={found_cache} HF_HUB_OFFLINE=1 {python_abs} -c \"import timm; "
+            "timm.create_model('{timm_name}', pretrained=True)\"   # proves the load works as root from that cache",
+            "sudo --preserve-env=HF_HUB_CACHE,HF_HUB_OFFLINE env HF_HUB_CACHE={found_cache} HF_HUB_OFFLINE=1 {rerun_cmd}",
+            "sudo mkdir -p {hf_cache} && sudo cp -a {found_entry} {hf_cache}/",
+            "mutation-doctor -ec {rerun} --launch sudo",
+        ),
+    ),
+    CauseRule(
+        "hub.cache-miss",
+        "Pretrained weights missing from the Hugging Face cache the run used",
+        (
+            "{model_label} needs {need} from the Hugging Face Hub{loader_sentence}.",
+            "{offline_sentence}",
+            "The files were not in {hf_cache_or_run}; it raised {fatal} ({where}).",
+            "{found_sentence}",
+            "{sudo_sentence}",
+        ),
+        (
+            "mutation-doctor prefetch -ec {rerun}",
+            "HF_HUB_CACHE={hf_cache_fix} python -c \"from huggingface_hub import snapshot_download; "
+            "snapshot_download('{hub_repo}')\"",
+            "sudo --preserve-env=HF_HUB_CACHE,HF_HUB_OFFLINE env HF_HUB_CACHE={hf_cache_fix} HF_HUB_OFFLINE=1 {rerun_cmd}",
+            "mutation-doctor -ec {rerun} --launch sudo",
+        ),
+    ),
+    CauseRule(
+        "hub.tls",
+        "TLS failure talking to the Hugging Face Hub",
+        (
+            "{model_label} asked the Hub at {endpoint_or_default} for {need}.",
+            "The TLS handshake failed: {exc} ({where}). A self-signed certificate usually means a "
+            "TLS-intercepting proxy or firewall whose CA is not trusted by this Python.",
+            "{hub_fallback_sentence}",
+            "It gave up with {fatal}.",
+        ),
+        (
+            "export HF_HUB_OFFLINE=1   # when the weights are cached, no TLS connection is needed",
+            "export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt",
+            "mutation-doctor -ec {rerun} --only network,cache",
+        ),
+    ),
+    CauseRule(
+        "hub.timeout",
+        "The Hugging Face Hub did not answer in time",
+        (
+            "{model_label} asked the Hub at {endpoint_or_default} for {need}.",
+            "The request timed out: {exc} ({where}). An address that accepts a connection but "
+            "never answers (a black-holed network) costs 10 s per file, then a 60 s retry timeout "
+            "with 5 backoffs: about 6 minutes per file before anything is reported.",
+            "{hub_fallback_sentence}",
+            "It gave up with {fatal}.",
+        ),
+        (
+            "export HF_HUB_OFFLINE=1   # fail in 0.03 s instead of minutes, load from the cache",
+            "mutation-doctor prefetch -ec {rerun}",
+            "mutation-doctor -ec {rerun} --only network,cache",
+        ),
+    ),
+    CauseRule(
+        "hub.connection",
+        "The Hugging Face Hub could not be reached",
+        (
+            "{model_label} asked the Hub at {endpoint_or_default} for {need}.",
+            "The connection failed: {exc} ({where}).",
+            "{hub_fallback_sentence}",
+            "It gave up with {fatal}.",
+        ),
+        (
+            "mutation-doctor prefetch -ec {rerun}",
+            "export HF_HUB_OFFLINE=1   # once the weights are cached",
+            "mutation-doctor -ec {rerun} --only network,cache",
+        ),
+    ),
+    CauseRule(
+        "hub.proxy",
+        "The proxy refused or broke the connection to the Hub",
+        (
+            "The run's environment sends Hub traffic through a proxy{proxy_sentence}.",
+            "The proxy failed the request: {exc} ({where}). Proxy errors are not network errors "
+            "to huggingface_hub: it does not fall back to the local cache for them.",
+        ),
+        (
+            "env | grep -i _proxy",
+            "export NO_PROXY=huggingface.co,hf.co HF_HUB_OFFLINE=1",
+            "mutation-doctor -ec {rerun} --only network",
+        ),
+    ),
+    CauseRule(
+        "hub.not-found",
+        "The Hub says the model repository or file does not exist (or is gated)",
+        (
+            "{model_label} asked {endpoint_or_default} for {need}.",
+            "The Hub answered: {exc} ({where}). The repo id, revision or file name is wrong, the "
+            "repo is private/gated and no token was sent, or HF_ENDPOINT points to a mirror "
+            "that lacks it.",
+        ),
+        (
+            "python -c \"import timm; print(timm.models.get_pretrained_cfg('{timm_name}').hf_hub_id)\"",
+            "echo $HF_ENDPOINT",
+            "huggingface-cli login",
+        ),
+    ),
+    CauseRule(
+        "torchhub.download",
+        "A torch hub checkpoint had to be downloaded and could not be",
+        (
+            "{model_label} needs {checkpoint} in {torch_hub}/checkpoints; it was not there, so "
+            "torch.hub tried to download it{download_sentence}.",
+            "The download failed: {exc} ({where}).",
+            "{partial_sentence}",
+        ),
+        (
+            "ls -l {torch_hub}/checkpoints/",
+            "mutation-doctor prefetch -ec {rerun}",
+            "sudo --preserve-env=TORCH_HOME env TORCH_HOME={torch_home_fix} {rerun_cmd}",
+        ),
+    ),
+    CauseRule(
+        "cuda.oom.foreign-process",
+        "CUDA out of memory: another process was holding GPU memory",
+        (
+            "{foreign_sentence}",
+            "The experiment then asked for more GPU memory than was left: {exc} ({where}).",
+            "{parallel_sentence}",
+        ),
+        (
+            "nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv",
+            "{kill_cmd}",
+            "mutation-doctor -ec {rerun} --only system",
+        ),
+    ),
+    CauseRule(
+        "cuda.oom",
+        "CUDA out of memory",
+        (
+            "The experiment asked for more GPU memory than was free: {exc} ({where}).",
+            "{oom_detail_sentence}",
+            "{batch_sentence}",
+            "{parallel_sentence}",
+        ),
+        (
+            "nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv",
+            "mutation-doctor -ec {rerun} --only system",
+            "{batch_fix}",
+        ),
+    ),
+    CauseRule(
+        "cuda.arch",
+        "The environment's torch has no kernels for this GPU",
+        (
+            "CUDA failed with: {exc} ({where}).",
+            "The torch build in the repo's environment ({python_or_env}) was compiled without "
+            "this GPU's architecture (sm_XY); an old torch (e.g. 1.8 +cu111) on a newer GPU does this.",
+        ),
+        (
+            "{python_cmd} -c \"import torch; print(torch.__version__, torch.cuda.get_arch_list(), torch.cuda.get_device_capability())\"",
+            "mutation-doctor -ec {rerun} --only system",
+        ),
+    ),
+    CauseRule(
+        "cuda.unavailable",
+        "No usable CUDA GPU in the run",
+        (
+            "CUDA could not be initialised: {exc} ({where}).",
+            "The process saw no driver or no device: the NVIDIA driver is missing or not loaded, "
+            "CUDA_VISIBLE_DEVICES hid the GPUs, or the environment's torch is a CPU-only build.",
+        ),
+        (
+            "nvidia-smi",
+            "{python_cmd} -c \"import torch; print(torch.__version__, torch.cuda.is_available())\"",
+            "echo \"CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES\"",
+        ),
+    ),
+    CauseRule(
+        "python.module-missing",
+        "A Python module is not installed in the interpreter that ran",
+        (
+            "The training code imports {module}, and the interpreter that ran it "
+            "({python_or_env}) does not have it: {exc} ({where}).",
+            "{sudo_python_sentence}",
+        ),
+        (
+            "{python_cmd} -m pip install {module_pkg}",
+            "{python_cmd} -c \"import {module}\"",
+            "mutation-doctor -ec {rerun} --only system",
+        ),
+    ),
+    CauseRule(
+        "python.interpreter-missing",
+        "The Python interpreter or conda environment the repo uses was not found",
+        (
+            "The repo's train script starts a fixed interpreter; it was not there for the user "
+            "the run ran as: {exc} ({where}).",
+            "{sudo_python_sentence}",
+        ),
+        (
+            "ls -l {python_path}",
+            "conda env list",
+            "mutation-doctor -ec {rerun} --only system",
+        ),
+    ),
+    CauseRule(
+        "data.missing",
+        "A dataset or input file was missing",
+        (
+            "The training code opened {missing_path_or_file}, which did not exist for the run: "
+            "{exc} ({where}).",
+            "Relative paths are resolved from the repo folder (the run's working directory).",
+        ),
+        (
+            "ls -l {missing_path}",
+            "mutation-doctor -ec {rerun} --only cache",
+        ),
+    ),
+    CauseRule(
+        "config.error",
+        "The experiment's settings or command line were rejected",
+        (
+            "The settings or the command built from them were not accepted: {exc} ({where}).",
+            "Nothing was trained; rerunning unchanged will fail the same way.",
+        ),
+        (
+            "mutation-doctor -ec {rerun} --only settings",
+        ),
+    ),
+    CauseRule(
+        "perf.unavailable",
+        "perf could not read the RAPL energy counters",
+        (
+            "The energy measurement wraps training in `perf stat -e power/energy-pkg/`; perf "
+            "refused: {exc} ({where}).",
+            "Where perf itself fails, the wrapped training does not start at all (perf exits 129) "
+            "or the energy columns come out empty.",
+        ),
+        (
+            "perf stat -e power/energy-pkg/ true",
+            "sudo sysctl kernel.perf_event_paranoid=0",
+            "mutation-doctor -ec {rerun} --only system",
+        ),
+    ),
+    CauseRule(
+        "permission.denied",
+        "Permission denied",
+        (
+            "The run could not open or write a file: {exc} ({where}).",
+            "Files left root-owned by an earlier sudo run are the usual reason; or the run was not "
+            "root when it needed to be.",
+        ),
+        (
+            "ls -ld {denied_dir}",
+            "sudo chown -R {owner}: {denied_dir}",
+            "mutation-doctor -ec {rerun} --only system",
+        ),
+    ),
+    CauseRule(
+        "killed",
+        "The training process was killed (SIGKILL)",
+        (
+            "The process ended by {signal_text} after {duration_text}; it printed no error of its "
+            "own because SIGKILL cannot be caught.",
+            "The kernel's OOM killer (host RAM, not GPU memory) or a `kill -9` does this.",
+            "{last_line_sentence}",
+        ),
+        (
+            "journalctl -k --since '{since}' | grep -iE 'out of memory|killed process'",
+            "free -g",
+        ),
+    ),
+    CauseRule(
+        "interrupted",
+        "The run was interrupted",
+        (
+            "The process stopped on {signal_text} after {duration_text}: someone pressed Ctrl-C, the "
+            "terminal or SSH session closed, or the machine shut down.",
+        ),
+        (
+            "{resume_cmd}",
+            "tmux new -s batch   # start long batches inside tmux or screen",
+        ),
+    ),
+    CauseRule(
+        "timeout",
+        "The run exceeded its time limit and was stopped",
+        (
+            "The runner stopped the experiment after {duration_text}, at its time limit, with "
+            "{signal_text}; it had not finished by then.",
+            "{last_line_sentence}",
+        ),
+        (
+            "tail -n 50 {log_path}",
+            "mutation-run -ec {rerun} --timeout {bigger_timeout}",
+        ),
+    ),
+    CauseRule(
+        "false-success",
+        "Reported as successful, but probably trained nothing",
+        (
+            "The run was recorded as successful{exit_sentence}.",
+            "{suspicion_sentences}",
+            "Treat its numbers as missing until it is checked.",
+        ),
+        (
+            "tail -n 50 {log_path}",
+            "mutation-run -ec {rerun}",
+        ),
+    ),
+    CauseRule(
+        "unknown",
+        "Failed for a reason not in the catalogue",
+        (
+            "{unknown_sentence}",
+        ),
+        (
+            "tail -n 80 {log_path}",
+        ),
+    ),
+)
+
+BY_ID: Dict[str, CauseRule] = {r.id: r for r in RULES}
+IDS: Tuple[str, ...] = tuple(r.id for r in RULES)
+
+
+class _Missing(Exception):
+    pass
+
+
+class _Facts(dict):
+    def __missing__(self, key):
+        raise _Missing(key)
+
+
+def render_lines(templates: Iterable[str], facts: Mapping[str, object]) -> Tuple[str, ...]:
+    """Fill templates; lines that need an unknown (or empty) fact are dropped."""
+    f = _Facts({k: v for k, v in facts.items() if v not in (None, "")})
+    out: List[str] = []
+    for t in templates:
+        try:
+            line = string.Formatter().vformat(t, (), f)
+        except (_Missing, KeyError, IndexError, ValueError):
+            continue
+        if line.strip() and line not in out:
+            out.append(line)
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- recognition
+
+_HUB_TYPES = ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3", "transformers")
+
+
+def hub_context(rec: ExceptionRecord) -> bool:
+    t = rec.type
+    if t.startswith(_HUB_TYPES):
+        return True
+    if rec.in_files("huggingface_hub", "/timm/", "/transformers/", "httpx", "httpcore"):
+        return True
+    m = rec.full_message
+    return "huggingface" in m or "/resolve/" in m or "hf.co" in m
+
+
+def torchhub_context(rec: ExceptionRecord) -> bool:
+    if rec.in_files("torch/hub.py", "torchvision/models/_api.py", "torchvision/datasets/utils.py"):
+        return True
+    m = rec.full_message
+    return "download.pytorch.org" in m or "urlopen error" in m and not hub_context(rec)
+
+
+_OOM = re.compile(r"CUDA out of memory|CUDA error: out of memory|CUBLAS_STATUS_ALLOC_FAILED|"
+                  r"OutOfMemoryError|HIP out of memory", re.I)
+_ARCH = re.compile(r"no kernel image is available for execution|not compatible with the current "
+                   r"PyTorch installation|CUDA error: invalid device function|"
+                   r"sm_\d+ is not compatible", re.I)
+_NO_CUDA = re.compile(r"Found no NVIDIA driver|No CUDA GPUs are available|Torch not compiled with "
+                      r"CUDA enabled|CUDA driver version is insufficient|CUDA-capable device\(s\) "
+                      r"is/are busy or unavailable|no CUDA-capable device is detected|"
+                      r"cuda runtime error \(100\)|CUDA driver initialization failed|"
+                      r"NVIDIA-SMI has failed", re.I)
+_TLS = re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|\[SSL[:\]]|SSLError|"
+                  r"WRONG_VERSION_NUMBER|TLSV1_ALERT|SSLCertVerificationError", re.I)
+_TIMEOUT = re.compile(r"timed out|Timeout", re.I)
+_CONN = re.compile(r"ConnectError|ConnectionError|NetworkError|RemoteProtocolError|"
+                   r"Connection refused|Connection reset|Connection aborted|"
+                   r"Name or service not known|Temporary failure in name resolution|"
+                   r"nodename nor servname|Network is unreachable|No route to host|"
+                   r"Max retries exceeded|getaddrinfo failed", re.I)
+_PROXY = re.compile(r"ProxyError|proxy", re.I)
+_NOT_FOUND_T = ("RepositoryNotFoundError", "RemoteEntryNotFoundError", "EntryNotFoundError",
+                "RevisionNotFoundError", "GatedRepoError", "DisabledRepoError")
+_CACHE_MISS = re.compile(r"LocalEntryNotFoundError|OfflineModeIsEnabled|cannot find the requested "
+                         r"files in the local cache|couldn't connect to '?https?://[^ ]*huggingface|"
+                         r"outgoing traffic has been disabled|offline mode is enabled", re.I)
+_PY_PATH = re.compile(r"/(?:python|python\d(?:\.\d+)?)['\"]?$")
+_SETTINGS_KEYS = {"repo", "model", "hyperparameters", "foreground", "background", "experiments",
+                  "mode", "models", "supported_hyperparams", "train_script", "path"}
+
+
+def classify_exception(rec: ExceptionRecord) -> Optional[Tuple[str, int]]:
+    """(cause id, specificity) for one exception, or None when nothing in the catalogue fits."""
+    name, msg = rec.name, rec.full_message
+    text = f"{rec.type}: {msg}"
+    if name == "KeyboardInterrupt":
+        return "interrupted", 90
+    if _OOM.search(text):
+        return "cuda.oom", 80
+    if "killed by signal" in msg and "DataLoader" in msg:
+        return "killed", 70
+    if _ARCH.search(text):
+        return "cuda.arch", 85
+    if _NO_CUDA.search(text):
+        return "cuda.unavailable", 85
+    if name in _NOT_FOUND_T or (hub_context(rec) and re.search(r"\b40[14] Client Error", msg)):
+        return "hub.not-found", 75
+    if _CACHE_MISS.search(text):
+        return "hub.cache-miss", 50
+    torch_ctx = torchhub_context(rec)
+    hub_ctx = hub_context(rec) and not torch_ctx
+    if "ProxyError" in name or (hub_ctx and _PROXY.search(msg) and _CONN.search(text)):
+        return "hub.proxy", 78
+    netty = _TLS.search(text) or _TIMEOUT.search(text) or _CONN.search(text)
+    if torch_ctx and (netty or name in ("URLError", "HTTPError", "ContentTooShortError")
+                      or "invalid hash value" in msg):
+        return "torchhub.download", 70
+    if hub_ctx and netty:
+        if _TIMEOUT.search(text):
+            return "hub.timeout", 76
+        if _TLS.search(text):
+            return "hub.tls", 77
+        return "hub.connection", 72
+    if name == "ModuleNotFoundError" or (name == "ImportError" and "No module named" in msg):
+        return "python.module-missing", 60
+    if name == "ImportError":
+        return "python.module-missing", 45
+    if name == "PermissionError" or re.search(r"Permission denied|Operation not permitted|"
+                                              r"Read-only file system", msg):
+        return "permission.denied", 60
+    if name == "FileNotFoundError" or "No such file or directory" in msg:
+        path = missing_path(msg)
+        if path and _PY_PATH.search(path):
+            return "python.interpreter-missing", 65
+        return "data.missing", 55
+    if "Dataset not found" in msg or re.search(r"\bdataset\b.*\b(?:not found|does not exist)", msg, re.I):
+        return "data.missing", 60
+    if name == "JSONDecodeError" or (name == "KeyError" and (
+            rec.in_files("mutation.py", "/runner/", "settings") or msg.strip("'\"") in _SETTINGS_KEYS)):
+        return "config.error", 55
+    if name == "SystemExit" and msg.strip() not in ("", "0", "None"):
+        return None
+    return None
+
+
+_TEXT_RULES: Tuple[Tuple[str, "re.Pattern[str]"], ...] = tuple(
+    (cid, re.compile(rx, re.I)) for cid, rx in (
+        ("python.interpreter-missing", r"Python not found at|python[\d.]*: (?:command )?not found|"
+                                       r"/python[\d.]*: No such file or directory|"
+                                       r"EnvironmentLocationNotFound|Could not find conda environment|"
+                                       r"conda: command not found|Not a conda environment"),
+        ("perf.unavailable", r"event syntax error: .*power/energy|Cannot find PMU `power'|"
+                             r"perf_event_paranoid|Access to performance monitoring and observability|"
+                             r"perf: command not found|perf not found|sys_perf_event_open\(\) syscall|"
+                             r"power/energy-(?:pkg|ram)/\s+<not (?:supported|counted)>"),
+        ("cuda.oom", r"CUDA out of memory|CUDA error: out of memory|OutOfMemoryError"),
+        ("cuda.arch", _ARCH.pattern),
+        ("cuda.unavailable", _NO_CUDA.pattern),
+        ("killed", r"^Killed$|^\S*: line \d+: +\d+ Killed|killed by signal: Killed|"
+                   r"exit code: (?:137|-9)\b"),
+        ("interrupted", r"KeyboardInterrupt|^Terminated$|exit code: (?:130|-2|143|-15)\b|"
+                        r"received (?:SIGINT|SIGTERM|SIGHUP)"),
+        ("config.error", r"error: unrecognized arguments|error: argument .*: invalid|"
+                         r"error: the following arguments are required|KeyError: '(?:repo|model|"
+                         r"hyperparameters|foreground|background|experiments)'"),
+        ("hub.cache-miss", _CACHE_MISS.pattern),
+        ("permission.denied", r"Permission denied|Operation not permitted|Read-only file system"),
+        ("data.missing", r"No such file or directory|Dataset not found"),
+    ))
+
+
+def classify_text(line: str) -> Optional[str]:
+    """Cause id for a log line that is not part of a traceback (shell and tool messages)."""
+    exc = looks_like_exception(line)
+    if exc is not None:
+        got = classify_exception(ExceptionRecord(exc[0], exc[1], 0, None))
+        if got:
+            return got[0]
+    for cid, rx in _TEXT_RULES:
+        if rx.search(line):
+            return cid
+    return None
+
+
+def decisive(chain: Chain) -> Tuple[Optional[str], ExceptionRecord]:
+    """The cause id for a chain and the exception that decides it.
+
+    Starting from the fatal exception, a deeper exception joined by "direct cause" wins when its
+    rule is more specific (an SSL error under a LocalEntryNotFoundError is a TLS problem). An
+    implicit context ("during handling of ...") only decides when the fatal one says nothing."""
+    best_id, best_spec, best_rec = None, -1, chain.fatal
+    got = classify_exception(chain.fatal)
+    if got:
+        best_id, best_spec = got
+    context_only = False
+    for rec, link in list(chain.down())[1:]:
+        got = classify_exception(rec)
+        if link == "context":
+            context_only = True
+        if not got:
+            continue
+        cid, spec = got
+        if best_id == "interrupted":
+            break
+        if context_only and best_id is not None:
+            continue
+        if spec > best_spec:
+            best_id, best_spec, best_rec = cid, spec, rec
+    return best_id, best_rec
+
+
+def missing_path(msg: str) -> str:
+    """The path named in a FileNotFoundError / 'No such file or directory' message."""
+    m = re.search(r"No such file or directory: ['\"]([^'\"]+)['\"]", msg)
+    if m:
+        return m.group(1)
+    m = re.search(r"(?:Dataset not found|not found|does not exist)[^/]*((?:/|\./)[^\s'\"]+)", msg)
+    if m:
+        return m.group(1)
+    m = re.search(r"['\"]((?:/|\./)[^'\"]+)['\"]", msg)
+    return m.group(1) if m else ""
+
+
+def module_name(msg: str) -> str:
+    m = re.search(r"No module named ['\"]?([\w.]+)", msg)
+    return m.group(1) if m else ""
+
+
+# pip package names for imports whose module name differs.
+PIP_NAMES = {"sklearn": "scikit-learn", "cv2": "opencv-python", "PIL": "pillow", "yaml": "pyyaml",
+             "skimage": "scikit-image", "clang": "libclang"}

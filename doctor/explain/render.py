@@ -1,0 +1,337 @@
+"""Renderers for explanations: JSON, the Markdown batch report, the terminal, the rerun file."""
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from doctor.explain.model import (BLOCKED, FAILED, SUCCEEDED, SUSPICIOUS, BatchReport, Explanation)
+
+FORMAT_VERSION = 1
+MARK = {SUCCEEDED: "✓", FAILED: "✗", BLOCKED: "⊘", SUSPICIOUS: "!"}
+STYLE = {SUCCEEDED: "green", FAILED: "red", BLOCKED: "yellow", SUSPICIOUS: "yellow"}
+
+
+# --------------------------------------------------------------------------- JSON
+
+def explanation_json(e: Explanation) -> Dict[str, Any]:
+    return {
+        "experiment_id": e.experiment_id,
+        "path": e.path,
+        "status": e.status,
+        "cause": None if e.cause is None else {"id": e.cause.id, "title": e.cause.title,
+                                               "confidence": e.cause.confidence},
+        "evidence": [{"file": v.file, "line": v.line, "text": v.text} for v in e.evidence],
+        "chain": list(e.chain),
+        "fix": list(e.fix),
+    }
+
+
+def to_json(report: BatchReport) -> Dict[str, Any]:
+    """The issue's schema: format_version, experiments[], causes{id: count}."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "experiments": [explanation_json(e) for e in report.explanations],
+        "causes": dict(report.causes),
+    }
+
+
+def dumps(report: BatchReport, indent: Optional[int] = 2) -> str:
+    return json.dumps(to_json(report), indent=indent, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------- shared structure
+
+def by_cause(report: BatchReport) -> "OrderedDict[str, List[Explanation]]":
+    groups: Dict[str, List[Explanation]] = {}
+    for e in report.explanations:
+        if e.cause is not None:
+            groups.setdefault(e.cause.id, []).append(e)
+    order = sorted(groups, key=lambda k: (min(_rank(x.status) for x in groups[k]), -len(groups[k]), k))
+    return OrderedDict((k, groups[k]) for k in order)
+
+
+def _rank(status: str) -> int:
+    return {FAILED: 0, BLOCKED: 1, SUSPICIOUS: 2, SUCCEEDED: 3}.get(status, 4)
+
+
+def representative(members: Sequence[Explanation]) -> Explanation:
+    return max(members, key=lambda e: (e.cause.confidence if e.cause else 0, len(e.evidence)))
+
+
+def union_fix(members: Sequence[Explanation]) -> Tuple[str, ...]:
+    return tuple(dict.fromkeys(f for e in members for f in e.fix))
+
+
+def ev_text(e: Explanation, n: int = 0) -> str:
+    if len(e.evidence) <= n:
+        return ""
+    v = e.evidence[n]
+    return f"{v.file}:{v.line}: {v.text}" if v.line else f"{v.file}: {v.text}"
+
+
+def needs_table(report: BatchReport) -> List[Tuple[str, str, str, str, str, str, int]]:
+    """Rows (model, weights, from, cache the run used, present, basis, experiments), one per
+    distinct combination, failures first."""
+    rows: "OrderedDict[tuple, List[Any]]" = OrderedDict()
+    for e in report.explanations:
+        for n in e.needs:
+            basis = n.basis.split(" (")[0] if n.basis.startswith("inferred from the failure") else n.basis
+            key = (n.model, n.need, n.source, n.cache, n.present, basis)
+            rows.setdefault(key, [0])[0] += 1
+    out = [k + (v[0],) for k, v in rows.items()]
+    out.sort(key=lambda r: ({"no": 0, "unknown": 1, "yes": 2}.get(r[4], 3), r[0]))
+    return out
+
+
+def headline(report: BatchReport) -> str:
+    n = len(report.explanations)
+    parts = [f"{report.count(s)} {s}" for s in (SUCCEEDED, FAILED, BLOCKED, SUSPICIOUS) if report.count(s)]
+    return (f"{n} experiment{'s' if n != 1 else ''} in {len(report.runs)} run folder"
+            f"{'s' if len(report.runs) != 1 else ''}: " + ", ".join(parts))
+
+
+def _span(report: BatchReport) -> str:
+    ts = sorted(e.timestamp for e in report.explanations if e.timestamp)
+    if not ts:
+        return ""
+    return f"{ts[0][:19].replace('T', ' ')} to {ts[-1][:19].replace('T', ' ')}"
+
+
+# --------------------------------------------------------------------------- rerun settings
+
+def rerun_settings(report: BatchReport, name: str = "") -> Dict[str, Any]:
+    """A settings file (the user's format) with just the failed and blocked experiments, each as a
+    `default` entry with its recorded hyperparameters (parallel ones keep foreground/background)."""
+    entries: List[Dict[str, Any]] = []
+    seen = set()
+    for e in report.to_rerun:
+        note = f"rerun of {e.experiment_id}" + (f" ({e.cause.id})" if e.cause else "")
+        fg = {"repo": e.repo, "model": e.model, "mode": "default", "hyperparameters": dict(e.hyperparameters)}
+        if e.mode == "parallel" and e.background is not None:
+            bg = e.background
+            entry = {"mode": "parallel", "foreground": fg,
+                     "background": {"repo": bg.get("repository") or bg.get("repo") or "",
+                                    "model": bg.get("model") or "",
+                                    "hyperparameters": dict(bg.get("hyperparameters") or {})},
+                     "note": note}
+        else:
+            entry = {"mode": "default", "repo": e.repo, "model": e.model,
+                     "hyperparameters": dict(e.hyperparameters), "note": note}
+        key = json.dumps([e.experiment_id, entry.get("foreground") or entry.get("hyperparameters"),
+                          e.repo, e.model], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        entries.append(entry)
+    base = name or os.path.basename(report.root.rstrip("/")) or "results"
+    return {
+        "experiment_name": f"rerun_{base}",
+        "description": (f"{len(entries)} experiment(s) that failed or were held back in {report.root}, "
+                        "with their recorded hyperparameters (written by mutation-doctor explain)"),
+        "runs_per_config": 1,
+        "max_retries": 2,
+        "mode": "mixed" if any(x["mode"] == "parallel" for x in entries) else "default",
+        "experiments": entries,
+    }
+
+
+def write_rerun(report: BatchReport, path: str) -> int:
+    """Write the rerun settings file atomically; returns the number of entries."""
+    data = rerun_settings(report)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    return len(data["experiments"])
+
+
+# --------------------------------------------------------------------------- Markdown
+
+def _md_escape(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: BatchReport, rerun_file: Optional[str] = None) -> str:
+    L: List[str] = []
+    L.append(f"# Failure report: {report.root}")
+    L.append("")
+    L.append("## What ran")
+    L.append("")
+    L.append(f"{headline(report)}." + (f" Timestamps from {_span(report)}." if _span(report) else ""))
+    L.append("")
+    L.append("| run folder | experiments | succeeded | failed | blocked | suspicious |")
+    L.append("|---|---:|---:|---:|---:|---:|")
+    for run in report.runs:
+        ex = [e for e in report.explanations if e.run == run]
+        c = {s: sum(1 for e in ex if e.status == s) for s in (SUCCEEDED, FAILED, BLOCKED, SUSPICIOUS)}
+        L.append(f"| {run} | {len(ex)} | {c[SUCCEEDED]} | {c[FAILED]} | {c[BLOCKED]} | {c[SUSPICIOUS]} |")
+    L.append("")
+    groups = by_cause(report)
+    if groups:
+        L.append("## Causes")
+        L.append("")
+        L.append("| cause | experiments | confidence |")
+        L.append("|---|---:|---|")
+        for cid, members in groups.items():
+            confs = sorted({m.cause.confidence for m in members})
+            L.append(f"| `{cid}` | {len(members)} | {_conf_range(confs)} |")
+        L.append("")
+    for cid, members in groups.items():
+        rep = representative(members)
+        L.append(f"### `{cid}`: {rep.cause.title}")
+        L.append("")
+        L.append("| experiment | status | confidence | decisive evidence |")
+        L.append("|---|---|---:|---|")
+        for m in members:
+            L.append(f"| {m.experiment_id} | {m.status} | {m.cause.confidence:.2f} | {_md_escape(ev_text(m))} |")
+        L.append("")
+        L.append(f"**Chain of events** (for {rep.experiment_id}, `{rep.path}`):")
+        L.append("")
+        for i, step in enumerate(rep.chain, 1):
+            L.append(f"{i}. {step}")
+        L.append("")
+        if rep.evidence:
+            L.append("Evidence:")
+            L.append("")
+            for v in rep.evidence:
+                L.append(f"- `{v.file}{':' + str(v.line) if v.line else ''}`: {_md_escape(v.text)}")
+            L.append("")
+        fixes = union_fix(members)
+        if fixes:
+            L.append("**Fix:**")
+            L.append("")
+            L.append("```sh")
+            L.extend(fixes)
+            L.append("```")
+            L.append("")
+        others = [m for m in members if m is not rep and m.chain != rep.chain]
+        if others:
+            L.append("<details><summary>Chain of events for the other experiments</summary>")
+            L.append("")
+            for m in others:
+                L.append(f"**{m.experiment_id}** (`{m.path}`)")
+                L.append("")
+                for i, step in enumerate(m.chain, 1):
+                    L.append(f"{i}. {step}")
+                L.append("")
+            L.append("</details>")
+            L.append("")
+    rows = needs_table(report)
+    if rows:
+        L.append("## Why the others succeeded")
+        L.append("")
+        L.append("Pretrained weights per model: where they come from, the cache the run used, and whether "
+                 "they were there.")
+        L.append("")
+        L.append("| model | weights | from | cache the run used | present | how we know | experiments |")
+        L.append("|---|---|---|---|---|---|---:|")
+        for r in rows:
+            L.append("| " + " | ".join(_md_escape(str(x)) for x in r) + " |")
+        L.append("")
+    noise = [(e, n) for e in report.explanations for n in e.notes if n.startswith("ignored traceback")]
+    if noise:
+        L.append("## Tracebacks that were not causes")
+        L.append("")
+        for e, n in noise:
+            L.append(f"- {e.experiment_id}: {n[len('ignored traceback at '):]} (the run went on to succeed)")
+        L.append("")
+    L.append("## What to rerun")
+    L.append("")
+    rr = report.to_rerun
+    if not rr:
+        L.append("Nothing: no experiment failed or was held back.")
+    else:
+        L.append(f"{len(rr)} experiment(s) failed or were held back: "
+                 + ", ".join(e.experiment_id for e in rr) + ".")
+        L.append("")
+        if rerun_file:
+            L.append(f"Settings file with just these, recorded hyperparameters kept: `{rerun_file}`. After the "
+                     "fixes above:")
+            L.append("")
+            L.append("```sh")
+            L.append(f"mutation-doctor -ec {rerun_file}")
+            L.append(f"mutation-run --require-preflight -ec {rerun_file}")
+            L.append("```")
+    sus = [e for e in report.explanations if e.status == SUSPICIOUS]
+    if sus:
+        L.append("")
+        L.append(f"Not included, check by hand: {len(sus)} suspicious run(s) ("
+                 + ", ".join(e.experiment_id for e in sus) + ").")
+    L.append("")
+    return "\n".join(L)
+
+
+def _conf_range(confs: Sequence[float]) -> str:
+    if not confs:
+        return ""
+    return f"{confs[0]:.2f}" if len(confs) == 1 else f"{confs[0]:.2f}–{confs[-1]:.2f}"
+
+
+# --------------------------------------------------------------------------- terminal
+
+def render_terminal(report: BatchReport, console=None, verbose: bool = False,
+                    rerun_file: Optional[str] = None, markdown_file: Optional[str] = None) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    con = console or Console(highlight=False, soft_wrap=False)
+    con.print(f"[bold]mutation-doctor explain[/bold] {escape(report.root)}")
+    groups = by_cause(report)
+    for cid, members in groups.items():
+        rep = representative(members)
+        worst = min((m.status for m in members), key=_rank)
+        confs = sorted({m.cause.confidence for m in members})
+        con.print()
+        con.print(f"[{STYLE[worst]}][{MARK[worst]}][/] [bold]{cid}[/bold]: {escape(rep.cause.title)} "
+                  f"({len(members)} experiment{'s' if len(members) != 1 else ''}, confidence {_conf_range(confs)})")
+        for m in members[: (None if verbose else 8)]:
+            con.print(f"    {MARK[m.status]} {escape(m.experiment_id)}  [dim]{escape(ev_text(m)[:150])}[/dim]")
+        if not verbose and len(members) > 8:
+            con.print(f"    … and {len(members) - 8} more (-v lists all)")
+        shown = members if verbose else [rep]
+        for m in shown:
+            if verbose:
+                con.print(f"    [bold]{escape(m.experiment_id)}[/bold] {escape(m.path)}")
+                for v in m.evidence:
+                    loc = f"{v.file}:{v.line}" if v.line else v.file
+                    con.print(f"      [dim]evidence[/dim] {escape(loc)}: {escape(v.text)}")
+            for i, step in enumerate(m.chain, 1):
+                con.print(f"      {i}. {escape(step)}")
+        fixes = union_fix(members)
+        if fixes:
+            con.print("    [bold]fix:[/bold]")
+            for fx in fixes:
+                con.print(f"      [cyan]{escape(fx)}[/cyan]")
+    if verbose:
+        ok = [e for e in report.explanations if e.status == SUCCEEDED]
+        if ok:
+            con.print()
+            con.print(f"[green][✓][/green] succeeded ({len(ok)})")
+            for e in ok:
+                con.print(f"    ✓ {escape(e.experiment_id)}  [dim]{escape('; '.join(e.notes))}[/dim]")
+    rows = needs_table(report)
+    if rows and (groups or verbose):
+        t = Table(title="Why the others succeeded: pretrained weights per model", title_justify="left")
+        for col in ("model", "weights", "from", "cache the run used", "present", "how we know", "n"):
+            t.add_column(col, overflow="fold")
+        for r in rows:
+            t.add_row(*(escape(str(x)) for x in r))
+        con.print()
+        con.print(t)
+    con.print()
+    rr = report.to_rerun
+    if rr:
+        if rerun_file:
+            con.print(f"Rerun: {len(rr)} experiment(s) written to [bold]{escape(rerun_file)}[/bold]  "
+                      f"(mutation-run --require-preflight -ec {escape(rerun_file)})")
+        else:
+            con.print(f"Rerun: {len(rr)} experiment(s); write a settings file for them with --rerun FILE "
+                      "or --markdown FILE")
+    if markdown_file:
+        con.print(f"Report written to {escape(markdown_file)}")
+    style = "red" if report.exit_code else ("yellow" if report.count(SUSPICIOUS) else "green")
+    con.print(f"[{style}]{escape(headline(report))}[/] [dim]({report.elapsed:.2f} s)[/dim]")

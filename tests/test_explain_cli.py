@@ -1,0 +1,166 @@
+"""The `explain` command line: exit codes, one-line errors, JSON, Markdown, secrets, imports."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from doctor.explain import explain_path, main
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def _exp(run: Path, eid: str, log: str = None, **rec) -> Path:
+    d = run / eid
+    d.mkdir(parents=True)
+    base = {"experiment_id": eid, "timestamp": "2026-01-07T01:52:45", "repository": "examples", "model": "mnist",
+            "hyperparameters": {"epochs": 2, "batch_size": 64}, "duration_seconds": 120.0,
+            "energy_metrics": {}, "performance_metrics": {"test_accuracy": 92.0}, "training_success": True,
+            "retries": 0, "error_message": "Training completed successfully"}
+    base.update(rec)
+    (d / "experiment.json").write_text(json.dumps(base, indent=2))
+    if log is not None:
+        (d / "training.log").write_text(log)
+    return d
+
+
+def _run(*args, env=None):
+    return subprocess.run([PY, "-m", "doctor.explain", *args], cwd=str(ROOT), capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "empty", "broken-json", "not-object", "bad-option",
+                                  "markdown-dir", "small-cap"])
+def test_unusable_input_is_one_line_and_exit_2(tmp_path, case, capsys):
+    target = tmp_path / "results"
+    extra = []
+    if case == "missing":
+        target = tmp_path / "nope"
+    elif case == "file":
+        target = tmp_path / "f.txt"
+        target.write_text("x")
+    elif case == "empty":
+        target.mkdir()
+    elif case in ("broken-json", "not-object"):
+        target = tmp_path / "exp"
+        target.mkdir()
+        (target / "experiment.json").write_text('{"experiment_id": ' if case == "broken-json" else "[1, 2]")
+    else:
+        _exp(target, "e1")
+        extra = {"bad-option": ["--no-such-option"], "markdown-dir": ["--markdown", str(tmp_path / "no" / "r.md")],
+                 "small-cap": ["--max-log-bytes", "10"]}[case]
+    code = main([str(target), *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("mutation-doctor explain: ")
+
+
+def test_broken_record_inside_a_batch_is_reported_not_fatal(tmp_path):
+    run = tmp_path / "run_1"
+    _exp(run, "good")
+    (run / "bad").mkdir()
+    (run / "bad" / "experiment.json").write_text("{ truncated")
+    r = explain_path(str(run))
+    bad = [e for e in r.explanations if e.experiment_id == "bad"][0]
+    assert bad.status == "failed" and bad.cause.id == "unknown" and "not valid JSON" in bad.evidence[0].text
+    assert r.exit_code == 1
+
+
+def test_python_m_json_without_heavy_imports(tmp_path):
+    run = tmp_path / "run_1"
+    _exp(run, "ok", log="Train Epoch: 1\nTest Accuracy: 92%\n")
+    code = ("import sys, io, contextlib, json\n"
+            "from doctor.explain import main\n"
+            "buf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf):\n"
+            f"    rc = main([{str(run)!r}, '--json'])\n"
+            "heavy = [m for m in ('torch', 'timm', 'torchvision', 'huggingface_hub') if m in sys.modules]\n"
+            "print(json.dumps({'rc': rc, 'heavy': heavy, 'out': json.loads(buf.getvalue())}))\n")
+    r = subprocess.run([PY, "-c", code], cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    data = json.loads(r.stdout)
+    assert data["rc"] == 0 and data["heavy"] == []
+    assert data["out"]["experiments"][0]["status"] == "succeeded"
+    r = _run(str(run), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["format_version"] == 1
+    r = _run(str(tmp_path / "missing"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_terminal_output_and_verbose(tmp_path, capsys):
+    run = tmp_path / "run_1"
+    _exp(run, "ok")
+    _exp(run, "bad", log="Traceback (most recent call last):\n  File \"t.py\", line 1, in <module>\n"
+                        "ModuleNotFoundError: No module named 'sklearn'\n", training_success=False,
+         error_message="Error pattern found: Training.*FAILED")
+    assert main([str(run)]) == 1
+    out = capsys.readouterr().out
+    assert "python.module-missing" in out and "pip install scikit-learn" in out
+    assert "1 succeeded, 1 failed" in out and "--rerun FILE" in out
+    assert main([str(run), "-v"]) == 1
+    out = capsys.readouterr().out
+    assert "evidence" in out and "training.log:3" in out and "✓ ok" in out
+
+
+def test_secrets_never_appear(tmp_path, capsys):
+    run = tmp_path / "run_1"
+    token = "hf_" + "Ab3" * 10
+    log = ("Traceback (most recent call last):\n"
+           '  File "/venv/lib/python3.11/site-packages/huggingface_hub/file_download.py", line 1, in f\n'
+           f"httpx2.ProxyError: Unable to connect to proxy http://alice:s3cretPW@proxy.corp:3128 (token {token})\n")
+    _exp(run, "px", log=log, training_success=False, status="failed", exit_code=1,
+         launch={"how": "sudo", "env_set": {"HTTPS_PROXY": "http://***@proxy.corp:3128", "HF_TOKEN": "***"}})
+    assert main([str(run), "--json"]) == 1
+    out = capsys.readouterr().out
+    assert "s3cretPW" not in out and token not in out
+    e = json.loads(out)["experiments"][0]
+    assert e["cause"]["id"] == "hub.proxy" and "proxy.corp:3128" in e["evidence"][0]["text"]
+    assert main([str(run), "--markdown", str(tmp_path / "r.md")]) == 1
+    capsys.readouterr()
+    assert "s3cretPW" not in (tmp_path / "r.md").read_text()
+
+
+def test_markdown_for_a_success_only_batch(tmp_path, capsys):
+    run = tmp_path / "run_1"
+    _exp(run, "ok")
+    md = tmp_path / "r.md"
+    assert main([str(run), "--markdown", str(md)]) == 0
+    text = md.read_text()
+    assert "1 experiment in 1 run folder: 1 succeeded" in text and "Nothing: no experiment failed" in text
+    assert not (tmp_path / "r.rerun.json").exists()
+
+
+def test_single_experiment_path_and_explicit_rerun(tmp_path, capsys):
+    run = tmp_path / "run_1"
+    d = _exp(run, "examples_mnist_001", log="Killed\n", training_success=False,
+             error_message="Error pattern found: Training.*FAILED", retries=1)
+    rr = tmp_path / "again.json"
+    assert main([str(d), "--json", "--rerun", str(rr)]) == 1
+    e = json.loads(capsys.readouterr().out)["experiments"][0]
+    assert e["path"] == str(d) and e["cause"]["id"] == "killed"
+    assert e["evidence"][0] == {"file": "training.log", "line": 1, "text": "Killed"}
+    data = json.loads(rr.read_text())
+    assert data["experiments"] == [{"mode": "default", "repo": "examples", "model": "mnist",
+                                    "hyperparameters": {"epochs": 2, "batch_size": 64},
+                                    "note": "rerun of examples_mnist_001 (killed)"}]
+    assert any(str(rr) in f for f in e["fix"]) or e["fix"]
+
+
+def test_worker_processes_give_the_same_report(tmp_path):
+    for r in range(3):
+        run = tmp_path / f"run_2026010{r}_000000"
+        for k in range(4):
+            ok = (r + k) % 3 != 0
+            _exp(run, f"examples_mnist_{r}{k:02d}", log=("Test Accuracy: 92%\n" if ok else
+                 "Traceback (most recent call last):\n  File \"m.py\", line 2, in <module>\n"
+                 "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB\n"),
+                 training_success=ok, performance_metrics={"test_accuracy": 92.0} if ok else {})
+    one = explain_path(str(tmp_path), jobs=1)
+    two = explain_path(str(tmp_path), jobs=2)
+    assert one.explanations == two.explanations and one.runs == two.runs
+    assert one.causes == {"cuda.oom": 4}
