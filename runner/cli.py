@@ -60,6 +60,12 @@ class Console:
         self.rich = RichConsole(stderr=True, highlight=False, soft_wrap=True)
 
     def say(self, msg: str, fixes: Sequence[str] = (), rule: bool = False) -> None:
+        try:
+            self._say(msg, fixes, rule)
+        except OSError:  # the terminal went away (logout under nohup): the batch goes on, the record stays
+            pass
+
+    def _say(self, msg: str, fixes: Sequence[str], rule: bool) -> None:
         from rich.markup import escape
 
         if rule and self.rich.is_terminal:

@@ -47,6 +47,8 @@ class StopRequest:
     def install(self) -> "StopRequest":
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             try:
+                if signal.getsignal(s) == signal.SIG_IGN:
+                    continue  # `nohup` (SIGHUP) or a background job of a script (SIGINT): keep ignoring it
                 self._old[s] = signal.signal(s, self._handle)
             except (ValueError, OSError):  # not the main thread
                 pass

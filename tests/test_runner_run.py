@@ -353,3 +353,27 @@ def test_foreign_gpu_process_recorded_and_wait_for_gpu_waits_for_memory(tmp_path
     finally:
         stray.kill()
         stray.wait()
+
+
+def test_nohup_keeps_sighup_ignored(tmp_path, env):
+    script = '#!/bin/bash\necho $$ > pid\nsleep 1.5\necho "ACC 0.3"\n'
+    root = make_project(tmp_path, {"r": {"script": script}}, [entry()])
+    proc = subprocess.Popen(["nohup", *runner_argv(root)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert wait_for((root / "repos" / "r" / "pid").exists)
+    proc.send_signal(signal.SIGHUP)  # the terminal closed
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert record(root, "r_m_001")["status"] == "passed"
+
+
+def test_help_is_cheap_and_names_the_flags_the_makefile_uses():
+    code = ("import sys; sys.argv=['mutation-run','--help']\n"
+            "from runner.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', [m for m in ('torch','timm','torchvision','huggingface_hub') if m in sys.modules])")
+    p = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in p.stdout
+    for flag in ("--require-preflight", "--results-dir", "--timeout SECONDS", "--probe-timeout", "--resume", "--dry-run",
+                 "--grace", "--seed", "--wait-for-gpu", "--max-retries", "--json", "-ec"):
+        assert flag in p.stdout, flag
