@@ -17,6 +17,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 from doctor.secrets import mask_text
 from runner import gpuwatch
 from runner.command import build_argv, executable_argv
+from runner.energy import EnergyPlan
+from runner.energy import read_metrics as read_energy
 from runner.execute import TOKEN_VAR, Background, StopRequest, kill_stragglers, now_iso, run_attempt
 from runner.expand import Job
 from runner.launchenv import Preflight
@@ -79,10 +81,11 @@ def new_run_dir(results_dir: str) -> str:
 class Batch:
     def __init__(self, *, ctx, jobs: Sequence[Job], preflights: Mapping[str, Preflight], run_dir: str,
                  options: Options, say: Callable[[str], None], stop: StopRequest,
-                 owner: Optional[tuple] = None, since: Optional[float] = None):
+                 owner: Optional[tuple] = None, since: Optional[float] = None, energy: Optional[EnergyPlan] = None):
         self.ctx, self.jobs, self.preflights, self.run_dir = ctx, list(jobs), preflights, run_dir
         self.opt, self.say, self.stop = options, say, stop
         self.owner, self.since = owner, since
+        self.energy = energy or EnergyPlan()
         self.before = None  # see take_snapshot()
         self.run_id = os.path.basename(run_dir)
         self.records: Dict[str, dict] = {}
@@ -268,11 +271,16 @@ class Batch:
             bg_cwd = bspec.path
             bg_argv = list(pf.child.prefix) + executable_argv(
                 build_argv(bspec, job.background.model, job.background.hyperparameters), bg_cwd)
+        measured = self.energy.measures(job.id)
+        if measured:
+            argv = list(pf.child.prefix) + self.energy.wrap(argv[len(pf.child.prefix):], exp_dir)
         launch_rec = pf.child.record(argv=argv[len(pf.child.prefix):], cwd=cwd, extra_set={TOKEN_VAR: token})
         if bg_argv:
             launch_rec["background_argv"] = bg_argv
             launch_rec["background_cwd"] = bg_cwd
         warnings = list(job.warnings)
+        if self.energy.asked and job.id in self.energy.experiments and not measured:
+            warnings.append(f"energy not measured: {self.energy.why_not}")
 
         if pf.verdict == "blocked" and opt.require_preflight:
             fixes = list(dict.fromkeys(x for f in pf.findings if f.id in pf.blocked_by for x in f.fix))
@@ -384,6 +392,9 @@ class Batch:
             extra["stragglers"] = strays
             warnings.append(f"{len(strays)} process(es) of this experiment were still alive after it ended and were killed")
         metrics = extract_metrics(log_path, spec.log_patterns)
+        energy_metrics = read_energy(exp_dir) if measured else {}
+        if measured and not energy_metrics and status == "passed":
+            warnings.append("energy not measured: perf wrote no power/energy-pkg/ reading")
         lines = read_tail(log_path) if status != "passed" else []
         excerpt = [mask_text(x, env) for x in error_excerpt(lines)] if lines else []
         if status == "passed":
@@ -405,7 +416,7 @@ class Batch:
         record = experiment_record(job=job, status=status, timestamp=timestamp, duration=duration,
                                    exit_code=last.exit_code if last else None, attempts=attempts, metrics=metrics,
                                    error_message=message, error_excerpt=excerpt, preflight=pf.record(), launch=launch_rec,
-                                   warnings=warnings, background=bg_info, extra=extra)
+                                   warnings=warnings, background=bg_info, extra=extra, energy=energy_metrics)
         self._write(job, record)
         self.journal.write("experiment-end", experiment_id=job.id, status=status)
         outcome = Outcome(job.id, status, pf.verdict, last.exit_code if last else None, len(attempts), duration,

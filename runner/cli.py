@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, metavar="N", help="seed of the mutation sampling (default: random, recorded)")
     p.add_argument("--wait-for-gpu", type=float, default=None, metavar="SECONDS",
                    help="before an experiment that declares gpu_memory_gb, wait up to SECONDS for that much free memory")
+    p.add_argument("--no-energy", action="store_true",
+                   help="do not wrap experiments in `perf stat` even where the plan asks for energy measurement")
     p.add_argument("--allow-download", action="store_true",
                    help="weights missing from the cache do not block (the run may download them)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not stream the experiments' output")
@@ -133,7 +135,7 @@ def _context(args, manifest: Optional[dict]):
     return make_context(ns, **extra), ns
 
 
-def _dry_run(args, ctx, jobs, preflights, seed, out) -> int:
+def _dry_run(args, ctx, jobs, preflights, seed, energy) -> int:
     from doctor.secrets import mask_text
     from runner.command import build_argv, executable_argv
 
@@ -158,7 +160,9 @@ def _dry_run(args, ctx, jobs, preflights, seed, out) -> int:
                       "would_run": pf.verdict == "pass" or not args.require_preflight,
                       "argv": rec["argv"], "cwd": spec.path, "env_set": rec["env_set"], "env_dropped": rec["env_dropped"],
                       "hf_cache": rec["hf_cache"], "torch_hub": rec["torch_hub"], "offline": rec["offline"],
-                      "background": bg, "warnings": list(job.warnings)})
+                      "background": bg, "warnings": list(job.warnings),
+                      "energy": ({"perf": energy.perf, "events": list(energy.events)} if energy.measures(job.id)
+                                 else None)})
     blocked = sum(1 for i in items if i["verdict"] == "blocked")
     if args.json:
         json.dump({"format_version": FORMAT_VERSION, "dry_run": True, "settings_file": ctx.plan.file,
@@ -182,6 +186,8 @@ def _dry_run(args, ctx, jobs, preflights, seed, out) -> int:
             if it["background"]:
                 w(f"    background (looping, cd {shlex.quote(it['background']['cwd'])}): "
                   + " ".join(shlex.quote(a) for a in it["background"]["argv"]) + "\n")
+            if it["energy"]:
+                w(f"    energy: wrapped in {it['energy']['perf']} stat -a -e {','.join(it['energy']['events'])}\n")
             for fix in it["fix"]:
                 w(f"    fix: {fix}\n")
             for warn in it["warnings"]:
@@ -196,6 +202,8 @@ def run(args) -> int:
     from runner.batch import Batch, new_run_dir
     from runner.execute import StopRequest
     from runner.expand import expand, jobs_from_manifest
+    from runner.energy import EnergyPlan
+    from runner.energy import plan as energy_plan
     from runner.launchenv import preflight
     from runner.results import write_json
 
@@ -222,9 +230,10 @@ def run(args) -> int:
         options.max_retries = ctx.plan.max_retries
 
     quiet_progress = (lambda _m: None) if (args.json and args.dry_run) else (lambda m: say(m))
-    _base, preflights = preflight(ctx, [j.experiment for j in jobs], progress=quiet_progress)
+    base_report, preflights = preflight(ctx, [j.experiment for j in jobs], progress=quiet_progress)
+    energy = energy_plan(ctx, base_report, ctx.launch.env) if not args.no_energy else EnergyPlan(why_not="--no-energy")
     if args.dry_run:
-        return _dry_run(args, ctx, jobs, preflights, seed, sys.stdout)
+        return _dry_run(args, ctx, jobs, preflights, seed, energy)
 
     owner = sudo_owner()
     if manifest is not None:
@@ -254,7 +263,11 @@ def run(args) -> int:
 
     stop = StopRequest().install()
     batch = Batch(ctx=ctx, jobs=jobs, preflights=preflights, run_dir=run_dir, options=options, say=say, stop=stop,
-                  owner=owner, since=since)
+                  owner=owner, since=since, energy=energy)
+    if energy.perf:
+        say(f"energy: {len(energy.experiments)} experiment(s) measured with {energy.perf} stat ({', '.join(energy.events)})")
+    elif energy.asked:
+        say(f"energy: not measured ({energy.why_not})")
     if manifest is None:
         batch.take_snapshot()  # after a crash the snapshot is gone: a resume relies on the run's start time
     try:

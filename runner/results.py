@@ -196,12 +196,12 @@ def experiment_record(*, job, status: str, timestamp: str, duration: float, exit
                       attempts: Sequence[Mapping[str, Any]], metrics: Mapping[str, float], error_message: str,
                       error_excerpt: Sequence[str], preflight: Mapping[str, Any], launch: Mapping[str, Any],
                       warnings: Sequence[str] = (), background: Optional[Mapping[str, Any]] = None,
-                      extra: Optional[Mapping[str, Any]] = None) -> dict:
+                      extra: Optional[Mapping[str, Any]] = None, energy: Optional[Mapping[str, float]] = None) -> dict:
     """One experiment.json: the user's keys (nested under `foreground` for a parallel experiment),
     then ours."""
     user = {"repository": job.foreground.repo, "model": job.foreground.model,
             "hyperparameters": dict(job.foreground.hyperparameters), "duration_seconds": round(duration, 3),
-            "energy_metrics": {}, "performance_metrics": dict(metrics), "training_success": status == "passed",
+            "energy_metrics": dict(energy or {}), "performance_metrics": dict(metrics), "training_success": status == "passed",
             "retries": max(0, len([a for a in attempts if not a.get("interrupted")]) - 1),
             "error_message": error_message}
     rec: Dict[str, Any] = {"experiment_id": job.id, "timestamp": timestamp}

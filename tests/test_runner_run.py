@@ -377,3 +377,47 @@ def test_help_is_cheap_and_names_the_flags_the_makefile_uses():
     for flag in ("--require-preflight", "--results-dir", "--timeout SECONDS", "--probe-timeout", "--resume", "--dry-run",
                  "--grace", "--seed", "--wait-for-gpu", "--max-retries", "--json", "-ec"):
         assert flag in p.stdout, flag
+
+
+FAKE_PERF = r'''#!/bin/bash
+# perf stand-in: `perf stat -a -e EVENTS -o FILE -- cmd...` runs cmd and reports RAPL joules like perf
+out=""; events=""
+while [ "$1" != "--" ]; do
+  case "$1" in -o) out="$2"; shift;; -e) events="$2"; shift;; esac; shift
+done
+shift
+"$@"; rc=$?
+{ printf '# started on Sat Nov 22 17:59:19 2025\n\n\n Performance counter stats for '"'"'system wide'"'"':\n\n'
+  printf '         10,342.15 Joules power/energy-pkg/\n'
+  case "$events" in *energy-ram*) printf '            727.19 Joules power/energy-ram/\n';; esac
+  printf '\n     1.530692370 seconds time elapsed\n\n'; } > "$out"
+exit $rc
+'''
+
+
+def test_energy_is_measured_by_wrapping_in_perf_stat_where_the_plan_asks(tmp_path, env):
+    pytest.importorskip("checks.system")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "perf").write_text(FAKE_PERF)
+    (bindir / "perf").chmod(0o755)
+    env = dict(env, PATH=f"{bindir}{os.pathsep}{env['PATH']}")
+    script = '#!/bin/bash\necho "ACC 0.$4"\nexit $(( $4 == 2 ? 3 : 0 ))\n'
+    root = make_project(tmp_path, {"r": {"script": script}},
+                        [entry(hyperparameters={"epochs": 1}), entry(hyperparameters={"epochs": 2})],
+                        governor="performance")
+    p = run(root, env=env)
+    assert p.returncode == 1, p.stderr
+    ok, bad = record(root, "r_m_001"), record(root, "r_m_002")
+    assert ok["launch"]["argv"][:7] == [str(bindir / "perf"), "stat", "-a", "-e",
+                                       "power/energy-pkg/,power/energy-ram/", "-o",
+                                       str(run_dir(root) / "r_m_001" / "energy" / "cpu_energy_raw.txt")]
+    assert ok["launch"]["argv"][8:] == ["./train.sh", "-n", "m", "--epochs", "1"]
+    assert ok["energy_metrics"] == {"cpu_energy_pkg_joules": 10342.15, "cpu_energy_ram_joules": 727.19,
+                                    "cpu_energy_total_joules": 11069.34}
+    assert "Total CPU Energy (Joules): 11069.34" in (run_dir(root) / "r_m_001" / "energy" / "cpu_energy.txt").read_text()
+    assert bad["status"] == "failed" and bad["exit_code"] == 3  # perf passes the command's exit status on
+    row = summary(root)[0]
+    assert row["energy_cpu_pkg_joules"] == "10342.15" and row["energy_cpu_total_joules"] == "11069.34"
+    p = run(root, "--no-energy", "--dry-run", "--json", env=env)
+    assert all(e["energy"] is None for e in json.loads(p.stdout)["experiments"])
