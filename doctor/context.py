@@ -8,7 +8,7 @@ from typing import Dict, Optional, Tuple
 
 from doctor import hubcache
 from doctor.hubcache import BROKEN, MISSING, PRESENT, UNREADABLE, FileState
-from doctor.launch import other_cache_locations
+from doctor.launch import ask_sudo_default, other_cache_locations
 from doctor.model import GROUPS, LaunchContext, Need
 from doctor.plan import Plan
 from doctor.registry import Registry
@@ -32,6 +32,7 @@ class Options:
     timeout: float = 3.0
     memo_dir: Optional[str] = None  # where resolve/hash memos live; None: ~/.cache/mutation-preflight
     allow_download: bool = False  # weights missing from the cache only warn (the run may download them)
+    ask_sudo: bool = True  # a sudo launch's caches are inspected through `sudo -n` where it needs no password
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class DoctorContext:
     hashes: hubcache.HashMemo = None
     _states: Optional[Dict[str, NeedState]] = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    inspected_as: str = ""  # who looked at the caches: "" this process, else e.g. "root (sudo -n)"
+    inspect_notes: Tuple[str, ...] = ()  # why the caches could not be inspected as the launch user
 
     def __post_init__(self):
         memo_dir = self.options.memo_dir or os.path.dirname(hubcache.default_memo_path())
@@ -93,14 +96,21 @@ class DoctorContext:
         return {k: (n, tuple(ids)) for k, (n, ids) in out.items()}
 
     def need_states(self) -> Dict[str, NeedState]:
-        """The state of every cache-relevant need in the launch context (computed once, thread-safe)."""
+        """The state of every cache-relevant need in the launch context (computed once, thread-safe).
+
+        When the launched process runs as another user than this doctor (a normal user checking a
+        `sudo` launch), the caches are inspected as that user through `sudo -n` where no password is
+        needed; otherwise here, and what we may not read is reported as unreadable.
+        """
         with self._lock:
             if self._states is None:
                 from concurrent.futures import ThreadPoolExecutor
 
                 items = [(n, ids) for n, ids in self.needs().values() if n.kind in CACHE_KINDS]
-                with ThreadPoolExecutor(max_workers=min(8, max(1, len(items)))) as pool:
-                    states = list(pool.map(lambda it: self._state(*it), items))
+                states = self._states_as_launch_user(items) if self._inspect_through_sudo() else None
+                if states is None:
+                    with ThreadPoolExecutor(max_workers=min(8, max(1, len(items)))) as pool:
+                        states = list(pool.map(lambda it: self._state(*it), items))
                 self._states = {s.need.key: s for s in states}
                 self.resolver.save()
                 self.hashes.save()
@@ -111,6 +121,10 @@ class DoctorContext:
             files, resolved = self._inspect(need, self.launch.hf_cache, self.launch.torch_hub, self.options.verify)
         except ResolveError as e:
             return NeedState(need, "error", detail=str(e), problem="unresolved", experiments=ids)
+        return self._need_state(need, ids, files, resolved)
+
+    def _need_state(self, need: Need, ids: Tuple[str, ...], files: Tuple[FileState, ...],
+                    resolved: Optional[Resolved]) -> NeedState:
         status, main = _combine(files, resolved)
         elsewhere = ()
         if status != PRESENT and need.kind in ("timm", "hf", "torchvision"):
@@ -118,16 +132,61 @@ class DoctorContext:
         return NeedState(need, status, path=main.path, detail=main.detail, problem=main.problem, experiments=ids,
                          files=files, resolved=resolved, found_elsewhere=elsewhere)
 
-    def _inspect(self, need: Need, hf_cache: str, torch_hub: str, verify: bool):
+    def _inspect_through_sudo(self) -> bool:
+        launch = self.launch
+        if not (self.options.ask_sudo and ask_sudo_default()) or os.getuid() == 0 or launch.uid != 0 \
+                or launch.source == "self":
+            return False
+        from doctor import sudo
+
+        if not sudo.passwordless():
+            self.inspect_notes += ("sudo -n needs a password here: the caches were inspected as "
+                                   f"{launch.invoking_user}, not as {launch.user}",)
+            return False
+        return True
+
+    def _tasks(self, need: Need, hf_cache: str, torch_hub: str):
+        """The inspection tasks (see doctor.sudo.inspect_task) of one need, and its resolution."""
         if need.kind == "path":
-            return (hubcache.inspect_path(need.resolved_path, need.spec.get("kind", "file")),), None
+            return [("path", need.resolved_path, need.spec.get("kind", "file"))], None
         if need.kind == "python":
-            return (hubcache.inspect_python(os.path.expanduser(need.spec["python"])),), None
+            return [("python", os.path.expanduser(need.spec["python"]))], None
         r = self.resolver.resolve(need)
         if r.source == "torchhub":
-            return (hubcache.inspect_torch_checkpoint(torch_hub, r.filename, verify, self.hashes),), r
-        return tuple(hubcache.inspect_hf_file(hf_cache, r.repo_id, f, r.revision, verify=verify, memo=self.hashes)
-                     for f in r.files), r
+            return [("torch", torch_hub, r.filename)], r
+        return [("hf", hf_cache, r.repo_id, f, r.revision) for f in r.files], r
+
+    def _states_as_launch_user(self, items) -> Optional[list]:
+        """All needs inspected in one `sudo -n` probe; None (and a note) when that is not possible."""
+        from doctor import sudo
+
+        planned, tasks = [], []
+        for need, ids in items:
+            try:
+                t, r = self._tasks(need, self.launch.hf_cache, self.launch.torch_hub)
+            except ResolveError as e:
+                planned.append((need, ids, None, None, str(e)))
+                continue
+            planned.append((need, ids, r, (len(tasks), len(tasks) + len(t)), ""))
+            tasks += t
+        files, why = sudo.inspect_as(tasks, verify=self.options.verify, memo_path=self.hashes.path) if tasks else ([], "")
+        if files is None:
+            self.inspect_notes += (f"inspecting the caches as {self.launch.user} through sudo -n failed: {why}",)
+            return None
+        self.inspected_as = f"{self.launch.user} (sudo -n)"
+        out = []
+        for need, ids, r, span, err in planned:
+            if span is None:
+                out.append(NeedState(need, "error", detail=err, problem="unresolved", experiments=ids))
+                continue
+            out.append(self._need_state(need, ids, tuple(files[span[0]:span[1]]), r))
+        return out
+
+    def _inspect(self, need: Need, hf_cache: str, torch_hub: str, verify: bool):
+        from doctor.sudo import inspect_task
+
+        tasks, r = self._tasks(need, hf_cache, torch_hub)
+        return tuple(inspect_task(t, verify, self.hashes) for t in tasks), r
 
     def _elsewhere(self, need: Need) -> Tuple[Tuple[str, str], ...]:
         out = []
