@@ -137,12 +137,17 @@ def measure(argv, env=None) -> dict:
     for line in err.splitlines():
         if line.startswith("rchar:"):
             out["bytes_read"] = int(line.split()[1])
+        if line.startswith("workers_maxrss_kb:"):
+            out["worker_peak_rss_mb"] = round(int(line.split()[1]) / 1024, 1)
     return out
 
 
+# Prints its own I/O counters and the peak RSS of its worker processes (if any) on exit.
 EXPLAIN_CHILD = (
-    "import sys; from doctor.explain.cli import main; rc = main(sys.argv[1:]);"
-    "sys.stderr.write(open('/proc/self/io').read()); sys.exit(rc)")
+    "import sys, resource; from doctor.explain.cli import main; rc = main(sys.argv[1:]);"
+    "sys.stderr.write(open('/proc/self/io').read());"
+    "sys.stderr.write('workers_maxrss_kb: %d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);"
+    "sys.exit(rc)")
 
 
 def main(argv=None) -> int:
@@ -154,6 +159,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", help="parent folder for the generated tree (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the generated tree")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each tool; the fastest is compared")
     a = ap.parse_args(argv)
     term = a.log_bytes if a.terminal_bytes is None else a.terminal_bytes
     need = a.folders * (a.log_bytes + term + 4096)
@@ -172,25 +178,31 @@ def main(argv=None) -> int:
         explain_argv = [sys.executable, "-c", EXPLAIN_CHILD, results, "--json"]
         grep_argv = ["grep", "-rl", "Traceback", results]
         runs = {"explain": [], "grep": []}
-        for _ in range(2):  # first: right after generation; second: warm page cache for both
+        for _ in range(max(1, a.repeat)):  # the first right after generation, then warm
             runs["grep"].append(measure(grep_argv))
             runs["explain"].append(measure(explain_argv, env))
         out = subprocess.run(explain_argv, capture_output=True, env=env)
         report = json.loads(out.stdout)
         total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(results) for f in fs)
-        ex, gr = runs["explain"][-1], runs["grep"][-1]
+        ex = min(runs["explain"], key=lambda r: r["seconds"])
+        gr = min(runs["grep"], key=lambda r: r["seconds"])
         result = {
             "benchmark": "explain_vs_grep",
             "folders": a.folders, "log_bytes": a.log_bytes, "terminal_bytes": term,
             "tree_bytes": total, "generate_seconds": round(gen, 1), "kinds": kinds,
+            "cpus": len(os.sched_getaffinity(0)),
             "explain": runs["explain"], "grep": runs["grep"],
+            "explain_best_seconds": ex["seconds"], "grep_best_seconds": gr["seconds"],
+            "explain_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["explain"]),
             "explain_over_grep": round(ex["seconds"] / gr["seconds"], 3) if gr["seconds"] else None,
             "explain_bytes_read_fraction": round(ex.get("bytes_read", 0) / total, 4) if total else None,
             "causes": report["causes"],
             "statuses": {s: sum(1 for x in report["experiments"] if x["status"] == s)
                          for s in ("succeeded", "failed", "blocked", "suspicious")},
             "targets": {"no_slower_than_grep": ex["seconds"] <= gr["seconds"],
-                        "peak_rss_under_200mb": ex["peak_rss_mb"] < 200},
+                        # main process + every worker at its peak (an upper bound of the total)
+                        "peak_rss_under_200mb": max(r["peak_rss_mb"] + r.get("worker_peak_rss_mb", 0) * 4
+                                                    for r in runs["explain"]) < 200},
         }
         print(json.dumps(result))
         return 0

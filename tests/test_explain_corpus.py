@@ -88,7 +88,7 @@ def test_benign_traceback_success(corpus_report):
             if i == 39329:
                 assert line.strip() == "ModuleNotFoundError: No module named 'scipy'"
                 break
-    assert any("noise" in s for s in e.chain)
+    assert any("noise" in s and "terminal_output.txt:39329 (STDOUT section)" in s for s in e.chain)
 
 
 def test_whole_corpus(corpus_report):

@@ -444,9 +444,9 @@ def _write_results(res: RealResults, base: Path) -> None:
                  logs={"training.attempt1.log": _log(res, "hub_refused"), "training.log": _log(res, "hub_refused")})
     # The incident: a sudo launch (HOME=/root) with the weights only in the invoking user's cache.
     p = res.procs["hub_offline"]
-    user_entry = "/home/u/.cache/huggingface/hub/models--timm--hrnet_w18.ms_aug_in1k"
+    # As the runner records it: found_elsewhere lists the other caches that hold the need.
     need = {"key": "timm:hrnet_w18", "kind": "timm", "status": "missing",
-            "path": None, "found_elsewhere": [user_entry]}
+            "path": None, "found_elsewhere": ["/home/u/.cache/huggingface/hub"]}
     launch = {"how": "sudo", "user": "root", "uid": 0, "home": "/root",
               "hf_cache": "/root/.cache/huggingface/hub", "torch_hub": "/root/.cache/torch/hub",
               "offline": True, "invoking_user": "u", "invoking_home": "/home/u",
@@ -600,9 +600,10 @@ def test_sudo_home_names_both_paths(real):
     assert e.cause.id == "hub.cache-miss.sudo-home" and e.cause.confidence >= 0.9
     text = " ".join(e.chain)
     assert "/root" in text and "/home/u" in text
-    assert "/root/.cache/huggingface/hub" in text
-    assert "/home/u/.cache/huggingface/hub/models--timm--hrnet_w18.ms_aug_in1k" in text
+    assert "/root/.cache/huggingface/hub" in text and "/home/u/.cache/huggingface/hub" in text
     assert any("HF_HUB_CACHE=/home/u/.cache/huggingface/hub" in f for f in e.fix)
+    assert any(f.endswith("cp -a /home/u/.cache/huggingface/hub/models--timm--hrnet_w18.ms_aug_in1k "
+                          "/root/.cache/huggingface/hub/") for f in e.fix), e.fix
     assert "HOME=/root" in e.cause.title
 
 

@@ -44,12 +44,13 @@ _HUB_URL = re.compile(r"(https?://[^\s'\"/]+)/([\w.-]+/[\w.-]+)/resolve/([^/\s]+
 _PY_LINE = re.compile(r"(?:Using Python|Python(?: interpreter)?|PYTHON(?:_PATH)?)\s*[:=]\s*(/\S+)")
 _NOT_FOUND_AT = re.compile(r"(?:not found at|No such file or directory)[:\s]*'?(/\S+?)'?(?:\s|$)")
 _TORCH_DL = re.compile(r'Downloading: "([^"]+)" to (\S+)')
-_HOME_IN_JSON = re.compile(r'"(/home/[^/"]+)/')
 _SIGNALS = {9: "SIGKILL", 2: "SIGINT", 15: "SIGTERM", 1: "SIGHUP", 6: "SIGABRT", 11: "SIGSEGV"}
 INTERRUPT_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+# Causes that mean the Hub weights were not in the cache the run used (the fallback missed).
+HUB_CACHE_MISSED = ("hub.cache-miss", "hub.cache-miss.sudo-home", "hub.connection", "hub.tls", "hub.timeout")
 SHORT_FACTOR = 0.2  # "far shorter than its siblings": under a fifth of their median ...
 SHORT_MIN_GAP = 60.0  # ... and at least a minute shorter (quick demo runs are not suspicious)
-SUSPECT_WINDOW = 16 * 1024  # "not yet implemented" and the like: searched in the last 16 KiB
+SUSPECT_WINDOW = 4 * 1024  # "not yet implemented" and the like: searched in the last 4 KiB
 LOG_NAMES = ("training.log", "terminal_output.txt")
 
 
@@ -122,9 +123,18 @@ class Sibling:
 class RunContext:
     folder: str
     siblings: List[Sibling] = field(default_factory=list)
-    home_hint: Optional[str] = None
     _summary: Optional[str] = None
     _summary_read: bool = False
+    _ok: Optional[Dict[Tuple[str, str, bool], List[Tuple[str, float]]]] = None
+
+    def ok_durations(self, repo: str, model: str, parallel: bool) -> List[Tuple[str, float]]:
+        """(path, duration) of the successful siblings of one kind (computed once per run)."""
+        if self._ok is None:
+            self._ok = {}
+            for s in self.siblings:
+                if s.ok and s.duration:
+                    self._ok.setdefault((s.repo, s.model, s.parallel), []).append((s.path, s.duration))
+        return self._ok.get((repo, model, parallel), [])
 
     def summary_line(self, experiment_id: str) -> Tuple[Optional[int], str]:
         if not self._summary_read:
@@ -153,6 +163,15 @@ class LogScan:
     @property
     def exit_index(self) -> Optional[int]:
         return None if self.exit_pos is None else self.tail.index_of(self.exit_pos)
+
+    def where(self, index: int) -> str:
+        """`file:line`, plus the section for terminal_output.txt (its STDERR part follows STDOUT)."""
+        loc = f"{self.name}:{self.tail.line_number(index)}"
+        if self.name.endswith("terminal_output.txt"):
+            pos = self.tail.data.rfind(b"\nSTDERR:\n")
+            if pos >= 0:
+                loc += " (STDERR section)" if index > self.tail.index_of(pos) else " (STDOUT section)"
+        return loc
 
     def ev(self, index, text: Optional[str] = None, count: bool = True) -> Evidence:
         """Evidence for lines[index]; `index` may be a callable giving it (computed only if needed)."""
@@ -343,7 +362,7 @@ class _One:
         f["torch_hub"] = th or ("/root/.cache/torch/hub" if home == "/root" else None)
         f["hf_cache_or_run"] = hf or ("the cache the process resolved (not recorded; under plain "
                                       "sudo that is /root/.cache/huggingface/hub)")
-        user_home = inv_home or self._home_hint()
+        user_home = inv_home  # recorded by our runner; otherwise $HOME, expanded by the user's own shell
         f["hf_cache_fix"] = (os.path.join(user_home, ".cache/huggingface/hub") if user_home
                              else "$HOME/.cache/huggingface/hub")
         f["torch_home_fix"] = (os.path.join(user_home, ".cache/torch") if user_home else "$HOME/.cache/torch")
@@ -370,11 +389,6 @@ class _One:
         f["missing_path_or_file"] = "a file"
         f["invoking_user"] = f.get("invoking_user") or (os.path.basename(user_home) if user_home else None)
         f["owner"] = f["invoking_user"] or "$USER"
-
-    def _home_hint(self) -> Optional[str]:
-        """/home/<user> when the records name paths there (the user's log_directory, for example)."""
-        m = _HOME_IN_JSON.search(self.rec.text)
-        return m.group(1) if m else self.run.home_hint
 
     def attempts_sentence(self) -> None:
         f = self.facts
@@ -493,7 +507,7 @@ class _One:
                 self._fill_from_text(cid, msg, s)
                 self.facts.setdefault("exc", msg)
                 self.facts.setdefault("fatal", _short(msg))
-                self.facts.setdefault("where", f"{s.name}:{s.tail.line_number(i)}")
+                self.facts.setdefault("where", s.where(i))
                 return self.sharpen(cid, 0.75)
         # A traceback that matched nothing in the catalogue.
         for s in scans:
@@ -567,7 +581,7 @@ class _One:
         f = self.facts
         f["exc"] = rec.line_text
         f["fatal"] = fatal.name if rec is not fatal else _short(fatal.line_text)
-        f["where"] = f"{s.name}:{s.tail.line_number(rec.index)}"
+        f["where"] = s.where(rec.index)
         f["log_path"] = s.path
         self._fill_from_window(s, cid)
         self._fill_from_exception(cid, rec, ch, s)
@@ -576,7 +590,7 @@ class _One:
     def unknown_from_chain(self, s: LogScan) -> Tuple[str, float]:
         fatal = s.chain.fatal
         self.evidence.append(s.ev(fatal.index, fatal.line_text))
-        where = f"{s.name}:{s.tail.line_number(fatal.index)}"
+        where = s.where(fatal.index)
         frame = fatal.frames[-1] if fatal.frames else None
         at = f" in {frame.file}:{frame.line} ({frame.func})" if frame else ""
         self.facts["unknown_sentence"] = (f"The process ended with {fatal.line_text} ({where}){at}. "
@@ -613,7 +627,7 @@ class _One:
         f = self.facts
         text = s.tail.text[-FIRST_BLOCK:]
         m = None
-        if cid.startswith("hub.") or not cid:
+        if (cid.startswith("hub.") or not cid) and "/resolve/" in text:
             for m in _HUB_URL.finditer(text):
                 pass
         if m is not None:
@@ -622,13 +636,14 @@ class _One:
             if not f.get("need"):
                 f["need"] = f"{m.group(2)} ({m.group(4)})"
         m = None
-        for m in _PY_LINE.finditer(text):
-            pass
+        if "ython" in text or "PYTHON" in text:
+            for m in _PY_LINE.finditer(text):
+                pass
         if m is not None:
             f["python_or_env"] = m.group(1)
             f["python_cmd"] = m.group(1)
             f["python_abs"] = m.group(1)
-        m = _TORCH_DL.search(text)
+        m = _TORCH_DL.search(text) if 'Downloading: "' in text else None
         if m:
             f["download_sentence"] = f" from {m.group(1)} to {m.group(2)}"
             f["checkpoint"] = os.path.basename(m.group(2))
@@ -859,8 +874,7 @@ class _One:
                     f"succeeded; other models {len(others_ok)} succeeded"
                     + (f" (of them {len(others_ok_tv)} with torchvision weights: "
                        f"{', '.join(sorted({s.model for s in others_ok_tv}))})" if others_ok_tv else ""))
-        self.evidence.append(Evidence("../summary.csv" if row else os.path.basename(self.run.folder) + "/",
-                                      line, sib_text))
+        self.evidence.append(Evidence("../summary.csv" if row else self.run.folder, line, sib_text))
         if mine and len(mine_failed) == len(mine) and others_ok:
             conf += 0.1
         retries = self.fg.get("retries")
@@ -939,8 +953,7 @@ class _One:
         elif has_metrics:
             shown = ", ".join(f"{k} {v}" for k, v in list(self.metrics.items())[:4])
             self.notes.append(f"metrics: {shown}")
-        sibs = [s.duration for s in self.run.siblings if s.repo == self.repo and s.model == self.model and
-                s.ok and s.parallel == self.parallel and s.path != self.folder and s.duration]
+        sibs = [d for p, d in self.run.ok_durations(self.repo, self.model, self.parallel) if p != self.folder]
         if self.duration is not None and len(sibs) >= 2:
             med = statistics.median(sibs)
             if self.duration < SHORT_FACTOR * med and med - self.duration >= SHORT_MIN_GAP:
@@ -960,7 +973,7 @@ class _One:
         for s in scans:
             if s.chain is not None:
                 fat = s.chain.fatal
-                where = f"{s.name}:{s.tail.line_number(fat.index)}"
+                where = s.where(fat.index)
                 n_tb = s.tail.data.count(TB_MARK_B)
                 self.notes.append(f"ignored traceback at {where}: {fat.line_text}")
                 self.evidence.append(s.ev(fat.index, fat.line_text))
@@ -1045,7 +1058,7 @@ class _One:
             if status in (SUCCEEDED, SUSPICIOUS):
                 present = "yes"
                 basis = "inferred: the run succeeded"
-            elif cause is not None and (cause.id.startswith("hub.") if hub else cause.id == "torchhub.download"):
+            elif cause is not None and (cause.id in HUB_CACHE_MISSED if hub else cause.id == "torchhub.download"):
                 present = "no"
                 basis = f"inferred from the failure ({cause.id}, confidence {cause.confidence})"
             else:
@@ -1105,8 +1118,7 @@ def _explain_runs(an: Analyzer, runs: Sequence[Tuple[str, List[str]]], single_fo
         context = recs
         if single_folder:  # one experiment asked for: its run folder's other experiments are still evidence
             context = recs + [(f, read_experiment_json(f)) for f in _run_members(run_folder) if f != single_folder]
-        hint = next((m.group(1) for m in (_HOME_IN_JSON.search(r.text) for _, r in context) if m), None)
-        ctx = RunContext(run_folder, [_sibling(f, r) for f, r in context], hint)
+        ctx = RunContext(run_folder, [_sibling(f, r) for f, r in context])
         for f, r in recs:
             out.append(an.explain(f, r, ctx))
     return out

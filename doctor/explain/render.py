@@ -77,6 +77,8 @@ def needs_table(report: BatchReport) -> List[Tuple[str, str, str, str, str, str,
     rows: "OrderedDict[tuple, List[Any]]" = OrderedDict()
     for e in report.explanations:
         for n in e.needs:
+            if n.present == "unknown" and n.basis == "not recorded":
+                continue  # failed for another reason: says nothing about the weights
             basis = n.basis.split(" (")[0] if n.basis.startswith("inferred from the failure") else n.basis
             key = (n.model, n.need, n.source, n.cache, n.present, basis)
             rows.setdefault(key, [0])[0] += 1
