@@ -140,8 +140,8 @@ class DoctorContext:
         from doctor import sudo
 
         if not sudo.passwordless():
-            self.inspect_notes += ("sudo -n needs a password here: the caches were inspected as "
-                                   f"{launch.invoking_user}, not as {launch.user}",)
+            self.inspect_notes += (f"the caches were inspected as {launch.invoking_user}, not as {launch.user}: "
+                                   "sudo -n cannot run commands here (sudo is absent or asks for a password)",)
             return False
         return True
 

@@ -325,7 +325,7 @@ def test_caches_are_inspected_as_the_launch_user(user, upy, tmp_path):
         assert f["status"] == "warn" and data["experiments"][0]["verdict"] == "pass"
         assert any(x.startswith("sudo /") and "mutation-doctor" in x for x in f["fix"])
         assert data["launch"]["source"] == "simulated" and "password" in " ".join(data["launch"]["notes"])
-        assert "sudo -n needs a password" in by_id(data)["env.sudo.not-inspected-as"]["title"]
+        assert "sudo -n cannot run commands here" in by_id(data)["env.sudo.not-inspected-as"]["title"]
     finally:
         shutil.rmtree(locked, ignore_errors=True)
 
