@@ -1,0 +1,157 @@
+"""Benchmark: the whole doctor (every group) on the user's 22-experiment batch, warm.
+
+`mutation-doctor -ec 11_models_quick_validation_1epoch.json --models-config settings/models_config.json`
+with all groups (settings, cache, env, network, system), every weight cached in a fresh HOME, the
+Hub offline (HF_HUB_OFFLINE=1), on this machine as it is (its GPU or none, perf, disk, ...).
+The first run is cold (resolve memos empty); the warm runs (the second and later) must stay
+under 1 s of wall time. Prints one JSON object: cold and warm wall times, the slowest checks of
+a warm run (timed one by one in a separate process), counts of findings per status.
+
+    bench/bench_doctor_all.py [--quick] [--repeat N]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = (ROOT.parent / "shared" / "corpus" / "user-project" / "settings" / "archived"
+         / "11_models_quick_validation_1epoch.json")
+MODELS = ROOT / "settings" / "models_config.json"
+MIB = 1024 * 1024
+TARGET = 1.0
+
+_PER_CHECK = r"""
+import json, sys, time
+from doctor.cli import build_parser, make_context
+from checks import CHECKS
+from doctor.engine import run_check
+args = build_parser().parse_args(sys.argv[1:])
+ctx = make_context(args)
+ctx.need_states()  # shared by the cache checks; timed on its own
+out = []
+for c in CHECKS:
+    t0 = time.perf_counter()
+    found = run_check(c, ctx)
+    out.append({"check": c.group + "." + c.name, "seconds": round(time.perf_counter() - t0, 4),
+                "findings": [f.id for f in found]})
+print(json.dumps(out))
+"""
+
+
+def _random_file(path: Path, size: int) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            chunk = os.urandom(min(left, 4 * MIB))
+            h.update(chunk)
+            f.write(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+def build_home(home: Path, scale: float) -> None:
+    """hrnet_w18 in the HF cache and densenet121/resnet50 in torch hub, laid out as the libraries write them."""
+    hub = home / ".cache" / "huggingface" / "hub" / "models--timm--hrnet_w18.ms_aug_in1k"
+    tmp = hub / "blobs" / "tmp"
+    sha = _random_file(tmp, int(81 * MIB * scale))
+    tmp.rename(hub / "blobs" / sha)
+    commit = "0" * 40
+    (hub / "refs").mkdir(parents=True)
+    (hub / "refs" / "main").write_text(commit)
+    snap = hub / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (snap / "model.safetensors").symlink_to(Path("..", "..", "blobs", sha))
+    ckpt = home / ".cache" / "torch" / "hub" / "checkpoints"
+    for name, mib in (("densenet121-a639ec97.pth", 31), ("resnet50-0676ba61.pth", 98)):
+        _random_file(ckpt / name, int(mib * MIB * scale))
+
+
+def build_project(base: Path) -> Path:
+    """The user's layout: the repos of the registry, VulBERTa's local model, a results folder."""
+    base.mkdir(parents=True)
+    data = json.loads(MODELS.read_text())["models"]
+    for spec in data.values():
+        repo = base / spec["path"]
+        repo.mkdir(parents=True, exist_ok=True)
+        (repo / "train.sh").write_text("#!/bin/sh\n")
+    model = base / "repos" / "VulBERTa" / "models" / "VulBERTa"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "config.json").write_text("{}")
+    (model / "pytorch_model.bin").write_bytes(os.urandom(4096))
+    (base / "results").mkdir()
+    return base
+
+
+def doctor_argv(root: Path) -> list:
+    return ["-ec", str(BATCH), "--models-config", str(MODELS), "--project-root", str(root), "--timeout", "2"]
+
+
+def run_doctor(env: dict, root: Path) -> tuple:
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "doctor.cli", *doctor_argv(root), "--json"], env=env,
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    wall = time.perf_counter() - t0
+    try:
+        data = json.loads(p.stdout)
+    except ValueError:
+        raise SystemExit(f"the doctor printed no JSON (exit {p.returncode}): {p.stderr[-2000:]}")
+    return wall, data
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="weights at 1/10 of their size, one warm run")
+    ap.add_argument("--repeat", type=int, default=5, help="warm runs to take the median of (default 5)")
+    args = ap.parse_args()
+    if not BATCH.is_file():
+        print(json.dumps({"skipped": f"corpus batch not found at {BATCH}"}))
+        return 0
+    reps = 1 if args.quick else max(1, args.repeat)
+    base = Path(tempfile.mkdtemp(prefix="bench-doctor-all-"))
+    try:
+        home = base / "home"
+        build_home(home, 0.1 if args.quick else 1.0)
+        root = build_project(base / "project")
+        env = {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+               "HOME": str(home), "HF_HUB_OFFLINE": "1", "LANG": "C.UTF-8"}
+        cold, _ = run_doctor(env, root)
+        runs = [run_doctor(env, root) for _ in range(reps)]
+        walls = sorted(w for w, _ in runs)
+        warm, data = walls[len(walls) // 2], runs[-1][1]
+        statuses = {}
+        for f in data["findings"]:
+            statuses[f["status"]] = statuses.get(f["status"], 0) + 1
+        elapsed = data["summary"].get("elapsed_seconds")
+        p = subprocess.run([sys.executable, "-c", _PER_CHECK, *doctor_argv(root)], env=env, capture_output=True,
+                           text=True, cwd=ROOT, timeout=600)
+        per_check = sorted(json.loads(p.stdout), key=lambda c: -c["seconds"]) if p.returncode == 0 else []
+        print(json.dumps({
+            "benchmark": "whole doctor (all groups) on 11_models_quick_validation_1epoch.json, warm",
+            "experiments": len(data["experiments"]), "groups": data["summary"].get("groups"),
+            "blocked": sum(1 for e in data["experiments"] if e.get("verdict") == "blocked"),
+            "findings": statuses,
+            "cold_seconds": round(cold, 3), "warm_seconds": round(warm, 3), "warm_checks_seconds": elapsed,
+            "warm_runs_seconds": [round(w, 3) for w in walls],
+            "slowest_checks_warm": [{k: c[k] for k in ("check", "seconds")} for c in per_check[:6]],
+            "system_findings": sorted({i for c in per_check if c["check"].startswith("system.")
+                                       for i in c["findings"]}),
+            "targets": {"warm_under_1s": warm < TARGET},
+        }, indent=2))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
