@@ -231,7 +231,12 @@ def run(args) -> int:
 
     quiet_progress = (lambda _m: None) if (args.json and args.dry_run) else (lambda m: say(m))
     base_report, preflights = preflight(ctx, [j.experiment for j in jobs], progress=quiet_progress)
-    energy = energy_plan(ctx, base_report, ctx.launch.env) if not args.no_energy else EnergyPlan(why_not="--no-energy")
+    if args.no_energy:
+        energy = EnergyPlan(why_not="--no-energy")
+    else:
+        some = next(iter(preflights.values()), None)
+        energy = energy_plan(ctx, base_report, some.child.popen_env() if some else ctx.launch.env,
+                             some.child.prefix if some else ())
     if args.dry_run:
         return _dry_run(args, ctx, jobs, preflights, seed, energy)
 

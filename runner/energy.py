@@ -40,8 +40,24 @@ class EnergyPlan:
         return [self.perf, "stat", "-a", "-e", ",".join(self.events), "-o", os.path.join(exp_dir, RAW), "--", *argv]
 
 
-def plan(ctx, report, env: Mapping[str, str]) -> EnergyPlan:
-    """Decide from the plan and the doctor's findings (energy problems mean: do not wrap)."""
+def _works(argv_prefix: Sequence[str], perf: str, events: Sequence[str], env: Mapping[str, str]) -> Tuple[bool, str]:
+    """Does `perf stat -a -e EVENTS -- true` run, started exactly as the experiments will be?"""
+    import subprocess
+
+    try:
+        p = subprocess.run([*argv_prefix, perf, "stat", "-a", "-e", ",".join(events), "--", "true"], env=dict(env),
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"{perf} stat: {e}"
+    if p.returncode == 0 and "Joules" in p.stderr + p.stdout:
+        return True, ""
+    text = (p.stderr.strip() or p.stdout.strip() or f"exit status {p.returncode}").splitlines()
+    return False, f"{perf} stat -e {','.join(events)}: {text[-1] if text else ''}"
+
+
+def plan(ctx, report, env: Mapping[str, str], argv_prefix: Sequence[str] = ()) -> EnergyPlan:
+    """Measure where the plan asks for it and perf really reads the RAPL counters (tried once here,
+    started the way the experiments are: pkg and ram, else pkg alone)."""
     try:
         from checks.system import energy_request
     except ImportError:
@@ -53,18 +69,17 @@ def plan(ctx, report, env: Mapping[str, str]) -> EnergyPlan:
     if not asked:
         return EnergyPlan(why_not=why)
     from doctor.launch import which
-    from doctor.model import ERROR, FAIL
 
-    bad = [f for f in report.findings if f.id.startswith("system.energy.") and f.status in (FAIL, ERROR)
-           and f.id != "system.energy.bc-missing"]
-    if bad:
-        return EnergyPlan(asked=True, experiments=tuple(ids), why_not=f"{bad[0].id}: {bad[0].title}")
     perf = which("perf", env)
     if not perf:
         return EnergyPlan(asked=True, experiments=tuple(ids), why_not="perf is not on the launch PATH")
-    ram_missing = any(f.id == "system.energy.ram-missing" for f in report.findings)
-    return EnergyPlan(perf=os.path.abspath(perf), events=(PKG,) if ram_missing else (PKG, RAM),
-                      experiments=tuple(ids), asked=True)
+    perf = os.path.abspath(perf)
+    reason = ""
+    for events in ((PKG, RAM), (PKG,)):
+        ok, reason = _works(argv_prefix, perf, events, env)
+        if ok:
+            return EnergyPlan(perf=perf, events=events, experiments=tuple(ids), asked=True)
+    return EnergyPlan(asked=True, experiments=tuple(ids), why_not=reason or "perf cannot read the RAPL counters")
 
 
 def read_metrics(exp_dir: str) -> Dict[str, float]:

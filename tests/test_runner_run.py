@@ -380,7 +380,7 @@ def test_help_is_cheap_and_names_the_flags_the_makefile_uses():
 
 
 FAKE_PERF = r'''#!/bin/bash
-# perf stand-in: `perf stat -a -e EVENTS -o FILE -- cmd...` runs cmd and reports RAPL joules like perf
+# perf stand-in: `perf stat -a -e EVENTS [-o FILE] -- cmd...` runs cmd and reports RAPL joules like perf
 out=""; events=""
 while [ "$1" != "--" ]; do
   case "$1" in -o) out="$2"; shift;; -e) events="$2"; shift;; esac; shift
@@ -390,7 +390,7 @@ shift
 { printf '# started on Sat Nov 22 17:59:19 2025\n\n\n Performance counter stats for '"'"'system wide'"'"':\n\n'
   printf '         10,342.15 Joules power/energy-pkg/\n'
   case "$events" in *energy-ram*) printf '            727.19 Joules power/energy-ram/\n';; esac
-  printf '\n     1.530692370 seconds time elapsed\n\n'; } > "$out"
+  printf '\n     1.530692370 seconds time elapsed\n\n'; } > "${out:-/dev/stderr}"
 exit $rc
 '''
 
@@ -421,3 +421,18 @@ def test_energy_is_measured_by_wrapping_in_perf_stat_where_the_plan_asks(tmp_pat
     assert row["energy_cpu_pkg_joules"] == "10342.15" and row["energy_cpu_total_joules"] == "11069.34"
     p = run(root, "--no-energy", "--dry-run", "--json", env=env)
     assert all(e["energy"] is None for e in json.loads(p.stdout)["experiments"])
+
+
+def test_energy_asked_but_unreadable_runs_unwrapped_with_a_warning(tmp_path, env):
+    pytest.importorskip("checks.system")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "perf").write_text("#!/bin/bash\necho 'event syntax error: power/energy-pkg/' >&2\nexit 129\n")
+    (bindir / "perf").chmod(0o755)
+    env = dict(env, PATH=f"{bindir}{os.pathsep}{env['PATH']}")
+    root = make_project(tmp_path, {"r": {"script": '#!/bin/bash\necho "ACC 0.4"\n'}}, [entry()], governor="performance")
+    p = run(root, env=env)
+    assert p.returncode == 0, p.stderr
+    r = record(root, "r_m_001")
+    assert r["launch"]["argv"][0] == "./train.sh" and r["energy_metrics"] == {}
+    assert any(w.startswith("energy not measured:") and "event syntax error" in w for w in r["warnings"])
