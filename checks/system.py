@@ -660,6 +660,8 @@ def energy_request(ctx) -> Tuple[bool, Tuple[str, ...], str]:
     ids = [e.id for e in ctx.plan.experiments
            if any(flags.get(s.repo, governor) for s in e.sides)]
     if not ids:
+        if governor:
+            return False, (), f"\"measure_energy\": false in {ctx.registry.path} for every repo of the plan"
         return False, (), "nothing in the settings or the registry asks for energy measurement"
     if any(flags.get(s.repo) for e in ctx.plan.experiments for s in e.sides):
         why = f"\"measure_energy\" in {ctx.registry.path}" + (" and \"governor\" in the settings" if governor else "")

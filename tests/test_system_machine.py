@@ -82,6 +82,15 @@ def test_registry_flag_asks_only_for_its_repo(tmp_path):
     ctx = make_ctx(tmp_path / "p", models(), plan())
     asked, ids, why = system.energy_request(ctx)
     assert asked and ids == tuple(e.id for e in ctx.plan.experiments if e.repo == "A") and "measure_energy" in why
+    # a repo that says false is left out even when the settings' "governor" asks for the others
+    no = make_ctx(tmp_path / "q", {"A": repo(["a1"], measure_energy=False), "B": repo(["b1"])},
+                  settings(("A", "a1"), ("B", "b1"), governor="performance"))
+    assert system.energy_request(no)[1] == (no.plan.experiments[1].id,)
+    demo = make_ctx(tmp_path / "r", {"A": repo(["a1"], measure_energy=False)},
+                    settings(("A", "a1"), governor="performance"))
+    asked, ids, why = system.energy_request(demo)
+    assert not asked and ids == () and "false" in why
+    assert all(f.status == OK and not f.experiments for f in as_list(system.check_energy(demo)))
 
 
 def test_perf_and_bc_missing_from_the_launch_path(tmp_path):
