@@ -51,8 +51,8 @@ def _works(argv_prefix: Sequence[str], perf: str, events: Sequence[str], env: Ma
         return False, f"{perf} stat: {e}"
     if p.returncode == 0 and "Joules" in p.stderr + p.stdout:
         return True, ""
-    text = (p.stderr.strip() or p.stdout.strip() or f"exit status {p.returncode}").splitlines()
-    return False, f"{perf} stat -e {','.join(events)}: {text[-1] if text else ''}"
+    text = [ln.strip() for ln in (p.stderr or p.stdout or f"exit status {p.returncode}").splitlines() if ln.strip()]
+    return False, f"{perf} stat -e {','.join(events)}: {text[0] if text else ''}"
 
 
 def plan(ctx, report, env: Mapping[str, str], argv_prefix: Sequence[str] = ()) -> EnergyPlan:

@@ -267,7 +267,8 @@ def test_usage_errors_are_one_line(tmp_path, env):
 
 # -- interruptions ----------------------------------------------------------------------------------
 def test_ctrl_c_stops_the_experiment_writes_the_summary_and_exits_130(tmp_path, env):
-    script = '#!/bin/bash\necho $$ > pid\ntrap "echo got TERM; exit 143" TERM\nwhile true; do sleep 0.1; done\n'
+    script = ('#!/bin/bash\n[ -e release ] && { echo "ACC 0.8"; exit 0; }\n'
+              'echo $$ > pid\ntrap "echo got TERM; exit 143" TERM\nwhile true; do sleep 0.1; done\n')
     root = make_project(tmp_path, {"r": {"script": script}}, [entry(), entry(hyperparameters={"epochs": 5})])
     proc = subprocess.Popen(runner_argv(root), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pidfile = root / "repos" / "r" / "pid"
@@ -285,6 +286,16 @@ def test_ctrl_c_stops_the_experiment_writes_the_summary_and_exits_130(tmp_path, 
     rows = summary(root)
     assert [x["status"] for x in rows] == ["interrupted"]
     assert "--resume" in err
+    # resumed: the interrupted experiment runs again (its first log kept aside), then the rest
+    (root / "repos" / "r" / "release").touch()
+    p = subprocess.run([PY, "-m", "runner.cli", "--resume", str(run_dir(root))], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    r = record(root, "r_m_001")
+    assert r["status"] == "passed" and [a["log"] for a in r["attempts"]] == ["training.attempt1.log", "training.log"]
+    assert r["attempts"][0]["interrupted"] is True and r["retries"] == 0
+    assert "got TERM" in (run_dir(root) / "r_m_001" / "training.attempt1.log").read_text()
+    assert [x["status"] for x in summary(root)] == ["passed", "passed"]
 
 
 def test_kill_9_mid_batch_then_resume_reruns_only_what_did_not_finish(tmp_path, env):
