@@ -64,7 +64,7 @@ def _hub_fixes(ctx, s: NeedState) -> List[str]:
             src = os.path.join(where, "checkpoints", r.filename)
             var, dest = "TORCH_HOME", launch.torch_hub
         cache_root = where if var == "HF_HUB_CACHE" else os.path.dirname(where)
-        if launch.source == "simulated" or launch.uid != launch.invoking_uid:
+        if launch.source != "self" or launch.uid != launch.invoking_uid:
             fixes.append(f"export {var}={shlex.quote(cache_root)}  # then launch with: sudo --preserve-env={var},HF_HUB_OFFLINE ...")
         else:
             fixes.append(f"export {var}={shlex.quote(cache_root)}")
