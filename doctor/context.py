@@ -148,9 +148,9 @@ class DoctorContext:
     def _tasks(self, need: Need, hf_cache: str, torch_hub: str):
         """The inspection tasks (see doctor.sudo.inspect_task) of one need, and its resolution."""
         if need.kind == "path":
-            return [("path", need.resolved_path, need.spec.get("kind", "file"))], None
+            return [("path", need.path_for(self.launch.home), need.spec.get("kind", "file"))], None
         if need.kind == "python":
-            return [("python", os.path.expanduser(need.spec["python"]))], None
+            return [("python", need.path_for(self.launch.home))], None
         r = self.resolver.resolve(need)
         if r.source == "torchhub":
             return [("torch", torch_hub, r.filename)], r

@@ -50,10 +50,19 @@ class Need:
 
     @property
     def resolved_path(self) -> str:
-        """For `path` needs: the absolute path (relative ones are taken from the repo folder)."""
+        """For `path` needs: the absolute path, `~` taken from this process's HOME."""
         import os.path
 
-        p = os.path.expanduser(str(self.spec.get("path", "")))
+        return self.path_for(os.path.expanduser("~"))
+
+    def path_for(self, home: str) -> str:
+        """For `path` and `python` needs: the absolute path as a process whose HOME is `home` sees it
+        (a train.sh run under sudo expands `~` to /root); relative paths start at the repo folder."""
+        import os.path
+
+        from doctor.launch import expanduser
+
+        p = expanduser(str(self.spec.get("path") or self.spec.get("python") or ""), home)
         return os.path.normpath(p if os.path.isabs(p) else os.path.join(self.repo_dir, p))
 
 

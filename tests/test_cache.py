@@ -329,3 +329,16 @@ def test_deep_load_proves_what_the_structure_cannot(hrnet_hf_cache, clean_env, t
     f = by_id(data)
     assert "cache.hub.present" in f and f["cache.deep.load-failed"]["status"] == "fail"
     assert data["experiments"][0]["blocked_by"] == ["cache.deep.load-failed"]
+
+
+def test_tilde_in_a_need_is_the_launched_process_home(clean_env, tmp_path):
+    """train.sh hard-codes ~/miniconda3/envs/<env>/bin/python; under sudo `~` is /root."""
+    project = make_project(tmp_path, [{"python": "~/mp-test-envs/reid/bin/python"}])
+    py = Path(clean_env["HOME"], "mp-test-envs", "reid", "bin", "python")
+    py.parent.mkdir(parents=True)
+    py.symlink_to(sys.executable)
+    p, data = doctor(project, clean_env)
+    assert data["experiments"][0]["verdict"] == "pass"
+    p, data = doctor(project, clean_env, "--launch", "sudo")
+    missing = by_id(data)["cache.python.missing"]
+    assert missing["data"]["path"] == "/root/mp-test-envs/reid/bin/python"
