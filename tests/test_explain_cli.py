@@ -164,3 +164,60 @@ def test_worker_processes_give_the_same_report(tmp_path):
     two = explain_path(str(tmp_path), jobs=2)
     assert one.explanations == two.explanations and one.runs == two.runs
     assert one.causes == {"cuda.oom": 4}
+
+
+def test_odd_records_never_crash_the_batch(tmp_path):
+    """Records whose values (at any depth) have the wrong type, and odd logs: every folder still
+    gets an explanation from the rules (not from the last-resort guard), and the batch goes on."""
+    import random
+
+    from doctor.explain.render import render_markdown, rerun_settings, to_json
+
+    base = {"experiment_id": "x", "timestamp": "2026-01-07T01:52:45", "repository": "Person_reID_baseline_pytorch",
+            "model": "hrnet18", "hyperparameters": {"epochs": 2, "batch_size": 8}, "duration_seconds": 12.0,
+            "energy_metrics": {"gpu_util_max_percent": 0, "gpu_power_min_watts": 150}, "performance_metrics": {},
+            "training_success": False, "retries": 2, "error_message": "Error pattern found: CUDA out of memory",
+            "status": "failed", "exit_code": 1,
+            "attempts": [{"attempt": 1, "log": "training.log", "exit_code": 1, "signal": None, "timed_out": False,
+                          "duration_seconds": 3, "started": "x", "retry_reason": "network"}],
+            "error_excerpt": ["KeyError: 'repo'"],
+            "preflight": {"verdict": "blocked", "blocked_by": ["cache.hub.missing"], "hf_cache": "/root/x",
+                          "findings": [{"id": "cache.hub.missing", "title": "t", "fix": ["a"]}],
+                          "needs": [{"kind": "timm", "key": "timm:x", "status": "missing", "path": None,
+                                     "found_elsewhere": ["/home/u/.cache/huggingface/hub"]}]},
+            "launch": {"how": "sudo", "home": "/root", "invoking_home": "/home/u", "env_set": {"HF_TOKEN": "***"}},
+            "gpu_foreign_processes": [{"pid": 1}], "warnings": ["trained nothing?"]}
+    odd = [None, 3, -1.5, "text", "", [], [1, "a", None], {}, {"a": [None]}, True, 0]
+
+    def mutate(o, rnd):
+        if isinstance(o, dict):
+            return {k: (rnd.choice(odd) if rnd.random() < 0.25 else mutate(v, rnd) if rnd.random() < 0.5 else v)
+                    for k, v in o.items()}
+        if isinstance(o, list):
+            return [mutate(x, rnd) if rnd.random() < 0.7 else rnd.choice(odd) for x in o]
+        return o
+
+    logs = ["Traceback (most recent call last):\n  File \"a.py\", line 1\nRuntimeError: CUDA out of memory.\n",
+            "Killed\n", "", "\x00\xff garbage\n", "Traceback (most recent call last):\n"]
+    rnd = random.Random(7)
+    for i in range(240):
+        rec = mutate(base, rnd)
+        if rnd.random() < 0.3:
+            rec = {"experiment_id": "p", "mode": "parallel", "foreground": mutate(base, rnd),
+                   "background": rnd.choice([{"repository": "e", "model": "m", "hyperparameters": rnd.choice(odd)},
+                                             None, 3, {}])}
+        d = tmp_path / f"run_{i % 5}" / f"e{i:03d}"
+        d.mkdir(parents=True)
+        (d / "experiment.json").write_text(json.dumps(rec))
+        if rnd.random() < 0.7:
+            (d / "training.log").write_text(rnd.choice(logs))
+        if rnd.random() < 0.3:
+            (d / "terminal_output.txt").write_text("STDOUT:\n" + rnd.choice(logs) + "exit code: 0\n")
+    r = explain_path(str(tmp_path), jobs=1)
+    assert len(r.explanations) == 240
+    crashed = [(e.experiment_id, e.chain) for e in r.explanations
+               if e.evidence and "could not be explained" in e.evidence[0].text]
+    assert not crashed
+    json.dumps(to_json(r))
+    json.dumps(rerun_settings(r))
+    render_markdown(r, "rerun.json")

@@ -475,7 +475,7 @@ def _write_results(res: RealResults, base: Path) -> None:
                  logs={"training.log": torch_traceback(ARCH_TEXT).encode()})
     # Parallel, with a background log.
     d = write_runner(run, "cuda_oom_parallel", model="pcb", attempts=[fake], logs={"training.log": oom_log,
-                                                                                   "background.log": b"epoch 3\n"})
+                                                                                   "background.log": b"epoch 3\n" + oom_log})
     rec = json.loads((d / "experiment.json").read_text())
     fg = {k: rec.pop(k) for k in ("repository", "model", "hyperparameters", "duration_seconds", "energy_metrics",
                                   "performance_metrics", "training_success", "retries", "error_message")}
@@ -629,6 +629,7 @@ def test_oom_variants(real):
     assert "kill 4242" in foreign.fix
     par = real.exp("cuda_oom_parallel")
     assert par.mode == "parallel" and any("background job examples/mnist_rnn" in s for s in par.chain)
+    assert any(v.file == "background.log" and "CUDA out of memory" in v.text for v in par.evidence)
 
 
 def test_timeout_killed_interrupted_carry_the_signal(real):

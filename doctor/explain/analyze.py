@@ -56,6 +56,19 @@ LOG_NAMES = ("training.log", "terminal_output.txt")
 
 # --------------------------------------------------------------------------- helpers
 
+def _list(x) -> list:
+    return x if isinstance(x, list) else []
+
+
+def _dict(x) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _str(x) -> Optional[str]:
+    """A recorded string (path, name), or None for anything else."""
+    return x if isinstance(x, str) and x else None
+
+
 def _num(x) -> Optional[float]:
     try:
         return None if x is None or isinstance(x, bool) else float(x)
@@ -283,7 +296,15 @@ class Analyzer:
                 (Evidence("experiment.json", None, rec.error),),
                 (f"experiment.json could not be read ({rec.error}); the experiment's outcome is unknown.",),
                 (f"cat {rec.path}",), run=run.folder)
-        return _One(self, folder, rec, run).explain()
+        try:
+            return _One(self, folder, rec, run).explain()
+        except Exception as exc:  # a record shaped in a way nobody foresaw: report it, go on
+            where = traceback_location(exc)
+            return Explanation(
+                eid, folder, FAILED, Cause("unknown", cat.BY_ID["unknown"].title, 0.1),
+                (Evidence("experiment.json", None, f"could not be explained: {type(exc).__name__}: {exc}"),),
+                (f"The explanation itself failed on this folder ({type(exc).__name__} at {where}); "
+                 "its outcome is unknown.",), (f"cat {rec.path}",), run=run.folder)
 
 
 class _One:
@@ -295,13 +316,22 @@ class _One:
         self.d = d
         self.parallel = isinstance(d.get("foreground"), dict)
         self.fg = d["foreground"] if self.parallel else d
+        if not isinstance(self.fg.get("hyperparameters"), (dict, type(None))):
+            self.fg = dict(self.fg, hyperparameters={})
         self.repo = str(self.fg.get("repository") or self.fg.get("repo") or "")
         self.model = str(self.fg.get("model") or "")
         self.eid = str(d.get("experiment_id") or os.path.basename(folder))
         self.layout = "runner" if any(k in d for k in ("status", "attempts", "preflight", "launch")) else "user"
-        self.attempts = [a for a in (d.get("attempts") or []) if isinstance(a, dict)]
-        self.preflight = d.get("preflight") if isinstance(d.get("preflight"), dict) else {}
-        self.launch = d.get("launch") if isinstance(d.get("launch"), dict) else {}
+        self.attempts = [a for a in _list(d.get("attempts")) if isinstance(a, dict)]
+        self.preflight = _dict(d.get("preflight"))
+        launch = _dict(d.get("launch"))
+        # Only string values of the launch record are used as paths and names.
+        self.launch = {k: (v if isinstance(v, (str, dict, list)) else None) for k, v in launch.items()}
+        for k in ("how", "user", "home", "hf_cache", "torch_hub", "invoking_user", "invoking_home"):
+            self.launch[k] = _str(launch.get(k))
+        for k in ("hf_cache", "torch_hub"):
+            if k in self.preflight and not _str(self.preflight.get(k)):
+                self.preflight = dict(self.preflight, **{k: None})
         self.duration = _num(self.fg.get("duration_seconds", d.get("duration_seconds")))
         if self.duration is None and self.attempts:
             self.duration = _num(self.attempts[-1].get("duration_seconds"))
@@ -336,7 +366,7 @@ class _One:
     def log_names(self) -> List[str]:
         if self.layout == "runner":
             last = self.attempts[-1].get("log") if self.attempts else None
-            names = [last or "training.log"]
+            names = [last if isinstance(last, str) and last else "training.log"]
             if "terminal_output.txt" not in names:
                 names.append("terminal_output.txt")
             return names
@@ -415,7 +445,22 @@ class _One:
             cause = self.failed_cause()
         else:
             status, cause = self.check_success()
+        if status == FAILED and self.parallel:
+            self.background_note()
         return self.finish(status, cause)
+
+    def background_note(self) -> None:
+        """A parallel experiment's background job: how its log ends, if it ended with an error."""
+        bg = self.d.get("background") if isinstance(self.d.get("background"), dict) else {}
+        name = str(bg.get("log") or "background.log")
+        sc = scan_log(self.folder, name, want_chain=True, cap=self.an.cap) \
+            if os.path.isfile(os.path.join(self.folder, name)) else None
+        if sc is None or sc.chain is None:
+            return
+        fat = sc.chain.fatal
+        self.evidence.append(sc.ev(fat.index, fat.line_text))
+        self.post_chain.append(f"The background job ({bg.get('repository') or bg.get('repo')}/{bg.get('model')}) "
+                               f"logged {fat.line_text} ({sc.where(fat.index)}).")
 
     def _recorded_status(self) -> str:
         st = self.d.get("status")
@@ -449,8 +494,8 @@ class _One:
     )
 
     def blocked_cause(self) -> Tuple[str, float]:
-        ids = [str(x) for x in (self.preflight.get("blocked_by") or [])]
-        findings = {str(f.get("id")): f for f in (self.preflight.get("findings") or []) if isinstance(f, dict)}
+        ids = [str(x) for x in _list(self.preflight.get("blocked_by"))]
+        findings = {str(f.get("id")): f for f in _list(self.preflight.get("findings")) if isinstance(f, dict)}
         cid = "unknown"
         for fid in ids:
             for prefix, mapped in self._FINDING_MAP:
@@ -687,7 +732,7 @@ class _One:
                 f["oom_detail_sentence"] = f"The allocator reported: {m.group(0).strip()}."
             self._batch_facts()
         if cid == "hub.proxy":
-            px = [k for k in (self.launch.get("env_set") or {}) if "proxy" in k.lower()]
+            px = [k for k in _dict(self.launch.get("env_set")) if "proxy" in k.lower()]
             if px:
                 f["proxy_sentence"] = f" ({', '.join(sorted(px))} set by the launch)"
 
@@ -715,12 +760,13 @@ class _One:
 
     def _batch_facts(self) -> None:
         hp = self.fg.get("hyperparameters") or {}
-        bs = hp.get("batch_size")
-        if bs is not None:
+        bs = _num(hp.get("batch_size"))
+        if bs is not None and bs >= 1:
+            bs = int(bs)
             self.facts["batch_sentence"] = f"The batch size was {bs}; halving it halves most activation memory."
             self.facts["batch_fix"] = f"# rerun with \"batch_size\": {max(1, int(bs) // 2)} in the rerun settings file"
         if self.parallel:
-            bg = self.d.get("background") or {}
+            bg = _dict(self.d.get("background"))
             self.facts["parallel_sentence"] = (
                 f"This was a parallel experiment: the background job {bg.get('repository') or bg.get('repo')}/"
                 f"{bg.get('model')} shared the GPU by design and held part of its memory.")
@@ -742,7 +788,7 @@ class _One:
         f["need"] = f.get("need") or n.get("key")
         if n.get("key"):
             f["need"] = f"{n.get('key')}" + (f" ({f['hub_repo']})" if f.get("hub_repo") else "")
-        elsewhere = [str(p) for p in (n.get("found_elsewhere") or [])]
+        elsewhere = [str(p) for p in _list(n.get("found_elsewhere"))]
         home, inv = self.launch.get("home"), self.launch.get("invoking_home")
         if n.get("path"):
             f.setdefault("hf_cache", os.path.dirname(str(n["path"])) if "/models--" in str(n["path"]) else None)
@@ -788,7 +834,7 @@ class _One:
                 if new != cid:
                     return new, 0.95
         if cid == "cuda.oom":
-            procs = [p for p in (self.d.get("gpu_foreign_processes") or []) if isinstance(p, dict)]
+            procs = [p for p in _list(self.d.get("gpu_foreign_processes")) if isinstance(p, dict)]
             if procs:
                 desc = "; ".join(f"pid {p.get('pid')} ({p.get('user')}: {str(p.get('cmdline'))[:80]}) "
                                  f"holding {p.get('memory_mib')} MiB" for p in procs)
@@ -943,11 +989,11 @@ class _One:
         suspicions: List[str] = []
         has_metrics = isinstance(self.metrics, dict) and any(v is not None for v in self.metrics.values())
         no_patterns = not self.an.knowledge.expects_metrics(self.repo) or any(
-            isinstance(w, str) and "no log_patterns" in w for w in self.d.get("warnings") or [])
+            isinstance(w, str) and "no log_patterns" in w for w in _list(self.d.get("warnings")))
         if not has_metrics and not no_patterns and (self.metrics is not None or self.layout == "user"):
             self.evidence.append(self.jev("performance_metrics", f'"performance_metrics": {self.metrics!r}'))
             suspicions.append("No metric was found in its output (performance_metrics is empty).")
-            for w in self.d.get("warnings") or []:
+            for w in _list(self.d.get("warnings")):
                 if isinstance(w, str) and "trained nothing" in w:
                     self.evidence.append(Evidence("experiment.json", self.rec.line_of('"warnings"'), "warning: " + w))
         elif has_metrics:
@@ -1024,7 +1070,7 @@ class _One:
             c = Cause(cid, title[0], round(min(1.0, max(0.0, conf)), 2))
         else:
             chain = chain + tuple(self.post_chain)
-        env = self.launch.get("env_set") if isinstance(self.launch.get("env_set"), dict) else {}
+        env = {k: v for k, v in _dict(self.launch.get("env_set")).items() if isinstance(v, str)}
         ev = tuple(dict.fromkeys(Evidence(e.file, e.line, mask_text(e.text[:500], env)) for e in self.evidence if e))
         bg = self.d.get("background") if self.parallel and isinstance(self.d.get("background"), dict) else None
         return Explanation(
@@ -1039,19 +1085,19 @@ class _One:
     def need_uses(self, status: str, cause: Optional[Cause]) -> Tuple[NeedUse, ...]:
         label = f"{self.repo}/{self.model}"
         out: List[NeedUse] = []
-        recs = [n for n in (self.preflight.get("needs") or []) if isinstance(n, dict)
+        recs = [n for n in _list(self.preflight.get("needs")) if isinstance(n, dict)
                 and n.get("kind") in ("timm", "hf", "torchvision")]
         if recs:
             for n in recs:
                 kind = n.get("kind")
                 cache = (self.preflight.get("hf_cache") or self.launch.get("hf_cache")) if kind in ("timm", "hf") \
                     else (self.preflight.get("torch_hub") or self.launch.get("torch_hub"))
-                st = n.get("status")
-                present = {"present": "yes", "missing": "no"}.get(st, "unknown")
+                st = _str(n.get("status"))
+                present = {"present": "yes", "missing": "no"}.get(st or "", "unknown")
                 out.append(NeedUse(label, str(n.get("key")), "Hugging Face Hub" if kind in ("timm", "hf")
                                    else "torch hub download", str(cache or n.get("path") or "not recorded"),
-                                   present, "preflight record" + (f" (found elsewhere: {', '.join(n.get('found_elsewhere'))})"
-                                                                  if n.get("found_elsewhere") else "")))
+                                   present, "preflight record" + (f" (found elsewhere: {', '.join(str(x) for x in _list(n.get('found_elsewhere')))})"
+                                                                  if _list(n.get("found_elsewhere")) else "")))
             return tuple(out)
         for w in self.weights:
             hub = w.kind in ("timm", "hf")
@@ -1068,6 +1114,13 @@ class _One:
             out.append(NeedUse(label, w.key + (f" ({w.hub_repo})" if w.hub_repo else f" ({w.file})" if w.file else ""),
                                w.source, cache, present, basis))
         return tuple(out)
+
+
+def traceback_location(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}" if tb else "?"
 
 
 def _listdir(d: str) -> List[str]:

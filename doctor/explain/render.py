@@ -116,7 +116,7 @@ def rerun_settings(report: BatchReport, name: str = "") -> Dict[str, Any]:
             entry = {"mode": "parallel", "foreground": fg,
                      "background": {"repo": bg.get("repository") or bg.get("repo") or "",
                                     "model": bg.get("model") or "",
-                                    "hyperparameters": dict(bg.get("hyperparameters") or {})},
+                                    "hyperparameters": dict(bg.get("hyperparameters") if isinstance(bg.get("hyperparameters"), dict) else {})},
                      "note": note}
         else:
             entry = {"mode": "default", "repo": e.repo, "model": e.model,
