@@ -389,7 +389,7 @@ def _interpreter_plan(ctx) -> Dict[str, dict]:
             for n in side.needs:
                 if n.kind != "python":
                     continue
-                path = os.path.expanduser(n.spec["python"])
+                path = n.path_for(ctx.launch.home)
                 item = plan.setdefault(path, {"experiments": [], "modules": {"torch"}, "repo_dir": n.repo_dir,
                                               "repos": []})
                 item["experiments"].append(e.id)
@@ -537,6 +537,8 @@ def check_interpreters(ctx):
         ids = tuple(dict.fromkeys(item["experiments"]))
         repos = ", ".join(dict.fromkeys(item["repos"]))
         if not os.path.exists(path) or not os.access(path, os.X_OK):
+            if "cache" in ctx.options.groups:
+                continue  # the cache group reports it (cache.python.missing / broken)
             exists = os.path.exists(path)
             parts = path.split("/")
             if not exists and "envs" in parts and len(parts) > parts.index("envs") + 1:
@@ -631,17 +633,6 @@ def _interpreter_findings(ctx, path, item, ids, repos, r, snap, visible, gpu_ids
 # ---------------------------------------------------------------------------------------------
 # Energy counters
 
-def _registry_flags(path: str) -> Dict[str, bool]:
-    """Repo -> its `"measure_energy"` flag in the registry file (repos without one are absent)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            models = json.load(f).get("models", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return {name: bool(r["measure_energy"]) for name, r in models.items()
-            if isinstance(r, dict) and "measure_energy" in r}
-
-
 def energy_request(ctx) -> Tuple[bool, Tuple[str, ...], str]:
     """Does the plan measure energy? (asked, experiment ids, why).
 
@@ -655,7 +646,7 @@ def energy_request(ctx) -> Tuple[bool, Tuple[str, ...], str]:
         asked = bool(top["measure_energy"])
         why = f"\"measure_energy\": {json.dumps(top['measure_energy'])} in {ctx.plan.file}"
         return asked, _all_ids(ctx) if asked else (), why
-    flags = _registry_flags(ctx.registry.path)
+    flags = {n: r.measure_energy for n, r in ctx.registry.repos.items() if r.measure_energy is not None}
     governor = "governor" in top
     ids = [e.id for e in ctx.plan.experiments
            if any(flags.get(s.repo, governor) for s in e.sides)]
@@ -1154,7 +1145,7 @@ def check_dataset_mounts(ctx):
     timeout = max(1.0, float(getattr(ctx.options, "timeout", 3.0)))
     out, checks = [], []
     for need, ids in datasets:
-        path = need.resolved_path
+        path = need.path_for(ctx.launch.home)
         fm = _containing(path, [m for _, m, _, _ in fstab])
         if fm and fm not in mounted:
             dev, _, fstype, opts = next(e for e in fstab if (e[1].rstrip("/") or "/") == fm)

@@ -16,7 +16,8 @@ from doctor.model import FAIL, OK, WARN, Experiment, Finding, Side
 from doctor.registry import Registry, SettingsError
 
 TOP_KEYS = {"experiment_name", "description", "governor", "runs_per_config", "max_retries", "mode",
-            "use_deduplication", "historical_csvs", "experiments"}
+            "use_deduplication", "historical_csvs", "experiments",
+            "measure_energy"}  # ours: whether perf/RAPL energy is measured (see checks.system)
 ENTRY_KEYS = {"mode", "repo", "model", "hyperparameters", "mutate", "runs_per_config", "foreground", "background"}
 SIDE_KEYS = {"repo", "model", "mode", "mutate", "hyperparameters", "runs_per_config"}
 # Keys seen in the wild that mutation.py ignores, with what the author probably meant.

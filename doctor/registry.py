@@ -53,6 +53,7 @@ class RepoSpec:
     hyperparams: Mapping[str, Hyperparam] = field(default_factory=dict)
     log_patterns: Mapping[str, str] = field(default_factory=dict)
     requires: Mapping[str, Tuple[Mapping[str, Any], ...]] = field(default_factory=dict)
+    measure_energy: Optional[bool] = None  # None: decided by the settings file (see checks.system)
 
 
 @dataclass(frozen=True)
@@ -174,5 +175,6 @@ def load_registry(path: str, project_root: str) -> Registry:
             hyperparams=_hyperparams(path, f"{where}.supported_hyperparams", r.get("supported_hyperparams", {})),
             log_patterns=dict(patterns) if isinstance(patterns, dict) else {},
             requires={k: tuple(v) for k, v in requires.items()},
+            measure_energy=bool(r["measure_energy"]) if "measure_energy" in r else None,
         )
     return Registry(path=path, project_root=project_root, repos=repos)

@@ -64,6 +64,9 @@ def test_real_interpreters_without_a_gpu(tmp_path):
     missing = one(findings, "system.interpreter.missing")
     assert missing.status == FAIL and missing.experiments == (ids["gone"],)
     assert missing.fix[0] == "conda create -y -n oast python=3.10"
+    # with the cache group selected too, the missing interpreter is reported there, once
+    both = make_ctx(tmp_path / "p", registry(tmp_path), plan(), launch=launch_for(env=env), groups=("cache", "system"))
+    assert not [f for f in as_list(system.check_interpreters(both)) if f.id == "system.interpreter.missing"]
     assert elapsed < 60
 
 

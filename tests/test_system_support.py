@@ -53,7 +53,7 @@ def launch_for(user: str = None, env: Optional[Mapping[str, str]] = None, invoki
 
 
 def make_ctx(root: Path, models: dict, settings: dict, launch: LaunchContext = None, memo_dir: Path = None,
-             timeout: float = 3.0) -> DoctorContext:
+             timeout: float = 3.0, groups=("system",)) -> DoctorContext:
     """Write `models` (registry "models" object) and `settings` under `root`, load them for real."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,7 @@ def make_ctx(root: Path, models: dict, settings: dict, launch: LaunchContext = N
     for spec in registry.repos.values():
         os.makedirs(spec.path, exist_ok=True)
     options = Options(project_root=str(root), settings_file=str(settings_file), models_config=registry.path,
-                      memo_dir=str(memo_dir or root / ".memo"), timeout=timeout)
+                      memo_dir=str(memo_dir or root / ".memo"), timeout=timeout, groups=tuple(groups))
     return DoctorContext(options=options, registry=registry, plan=plan, launch=launch or launch_for())
 
 
