@@ -106,7 +106,10 @@ def _python_changes(ctx: DoctorContext, e: Experiment) -> Dict[str, str]:
     pythons = [n for n in e.needs if n.kind == "python"]
     if not pythons:
         return {}
-    folder = os.path.dirname(os.path.expanduser(pythons[0].spec["python"]))
+    n = pythons[0]
+    # `~` as the launched process sees it (its HOME), like the doctor's interpreter check
+    python = n.path_for(ctx.launch.home) if hasattr(n, "path_for") else os.path.expanduser(n.spec["python"])
+    folder = os.path.dirname(python)
     path = ctx.launch.env.get("PATH", "")
     if path.split(os.pathsep)[:1] == [folder]:
         return {}

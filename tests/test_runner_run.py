@@ -447,3 +447,16 @@ def test_energy_asked_but_unreadable_runs_unwrapped_with_a_warning(tmp_path, env
     r = record(root, "r_m_001")
     assert r["launch"]["argv"][0] == "./train.sh" and r["energy_metrics"] == {}
     assert any(w.startswith("energy not measured:") and "event syntax error" in w for w in r["warnings"])
+
+
+def test_registry_interpreter_comes_first_on_the_childs_path(tmp_path, env):
+    pybin = tmp_path / "envs" / "reid" / "bin"
+    pybin.mkdir(parents=True)
+    (pybin / "python").symlink_to(PY)
+    script = '#!/bin/bash\necho "python=$(command -v python)"\necho "ACC 0.1"\n'
+    root = make_project(tmp_path, {"r": {"script": script, "requires": {"*": [{"python": str(pybin / "python")}]}}}, [entry()])
+    p = run(root, env=env)
+    assert p.returncode == 0, p.stderr
+    r = record(root, "r_m_001")
+    assert r["launch"]["env_set"]["PATH"].split(os.pathsep)[0] == str(pybin)
+    assert f"python={pybin / 'python'}" in (run_dir(root) / "r_m_001" / "training.log").read_text()
