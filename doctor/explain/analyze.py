@@ -21,7 +21,7 @@ from doctor.explain import catalogue as cat
 from doctor.explain.knowledge import Knowledge, WeightsNeed
 from doctor.explain.model import (BLOCKED, FAILED, INDIRECT, SUCCEEDED, SUSPICIOUS, BatchReport,
                                   Cause, Evidence, Explanation, NeedUse)
-from doctor.explain.readers import (DEFAULT_CAP, FIRST_BLOCK, JsonRecord, Tail, clean_line,
+from doctor.explain.readers import (DEFAULT_CAP, FIRST_BLOCK, SUCCESS_BLOCK, JsonRecord, Tail, clean_line,
                                     find_experiments, read_experiment_json, read_small_text)
 from doctor.explain.traceback import Chain, ExceptionRecord, all_headers, find_fatal
 
@@ -196,9 +196,9 @@ class LogScan:
                         text if text is not None else self.tail.line(index))
 
 
-def scan_log(folder: str, name: str, want_chain: bool, cap: int) -> Optional[LogScan]:
+def scan_log(folder: str, name: str, want_chain: bool, cap: int, first: int = FIRST_BLOCK) -> Optional[LogScan]:
     path = name if os.path.isabs(name) else os.path.join(folder, name)
-    tail = Tail.open(path, first=FIRST_BLOCK, cap=cap)
+    tail = Tail.open(path, first=first, cap=cap)
     if tail is None:
         return None
     rel = path[len(folder) + 1:] if path.startswith(folder + os.sep) else path
@@ -357,10 +357,10 @@ class _One:
             text = f'"{key}": {v!r}' if not isinstance(v, str) else f'"{key}": "{v}"'
         return Evidence("experiment.json", line, text)
 
-    def log(self, name: str, want_chain: bool) -> Optional[LogScan]:
-        key = f"{name}|{want_chain}"
+    def log(self, name: str, want_chain: bool, first: int = FIRST_BLOCK) -> Optional[LogScan]:
+        key = f"{name}|{want_chain}|{first}"
         if key not in self.scans:
-            self.scans[key] = scan_log(self.folder, name, want_chain, self.an.cap)
+            self.scans[key] = scan_log(self.folder, name, want_chain, self.an.cap, first)
         return self.scans[key]
 
     def log_names(self) -> List[str]:
@@ -966,11 +966,11 @@ class _One:
         # One log is enough for a success: terminal_output.txt holds the training output and the
         # exit code line in the user's layout; otherwise the last attempt's log.
         names = self.log_names()
-        if self.layout == "user" and os.path.exists(os.path.join(self.folder, "terminal_output.txt")):
-            names = ["terminal_output.txt"]
+        if self.layout == "user":
+            names = ["terminal_output.txt", "training.log"]
         scans = []
         for n in names:
-            sc = self.log(n, want_chain=False)
+            sc = self.log(n, want_chain=False, first=SUCCESS_BLOCK)
             if sc is not None:
                 scans.append(sc)
                 break

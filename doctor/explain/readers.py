@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 EXPERIMENT_FILE = "experiment.json"
 FIRST_BLOCK = 64 * 1024
+SUCCESS_BLOCK = 16 * 1024  # a run that succeeded: its last 16 KiB (exit code line, report, stray tracebacks)
 DEFAULT_CAP = 512 * 1024
 LINE_COUNT_CAP = 256 * 1024 * 1024
 _COUNT_BLOCK = 1024 * 1024
@@ -210,13 +212,22 @@ class Tail:
     def open(cls, path: str, first: int = FIRST_BLOCK, cap: int = DEFAULT_CAP) -> Optional["Tail"]:
         """The last `first` bytes of `path` (whole lines), or None if it cannot be read."""
         try:
-            st = os.stat(path)
+            fd = os.open(path, os.O_RDONLY)
         except OSError:
             return None
-        t = cls(path=path, cap=max(cap, first), size=st.st_size, start=st.st_size,
-                mtime_ns=st.st_mtime_ns, _block=first)
-        if not t._read_back(first) and st.st_size:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            t = cls(path=path, cap=max(cap, first), size=st.st_size, start=st.st_size,
+                    mtime_ns=st.st_mtime_ns, _block=first)
+            start = max(0, st.st_size - first)
+            chunk = os.pread(fd, st.st_size - start, start) if st.st_size else b""
+        except OSError:
             return None
+        finally:
+            os.close(fd)
+        t._take(chunk, start)
         return t
 
     @property
@@ -233,8 +244,12 @@ class Tail:
                 chunk = f.read(self.start - new_start)
         except OSError:
             return False
+        self._take(chunk, new_start)
+        return True
+
+    def _take(self, chunk: bytes, new_start: int) -> None:
         self.bytes_read += len(chunk)
-        self._buf = chunk + self._buf
+        self._buf = chunk + self._buf if self._buf else chunk
         self.start = new_start
         if new_start > 0:
             nl = self._buf.find(b"\n")  # the first line is partial: skip it
@@ -242,7 +257,6 @@ class Tail:
         else:
             self._cut = 0
         self._lines = self._text = self._raw = self._data = None
-        return True
 
     def grow(self) -> bool:
         """Read the previous block. False when at the file start or the byte cap."""
