@@ -315,6 +315,12 @@ def render_terminal(report: BatchReport, console=None, verbose: bool = False,
             con.print(f"[green][✓][/green] succeeded ({len(ok)})")
             for e in ok:
                 con.print(f"    ✓ {escape(e.experiment_id)}  [dim]{escape('; '.join(e.notes))}[/dim]")
+    noise = [e for e in report.explanations if any(n.startswith("ignored traceback") for n in e.notes)]
+    if noise and not verbose:
+        con.print()
+        con.print(f"[dim]{len(noise)} run(s) that succeeded have a traceback in their log (not a cause; -v shows "
+                  f"them): {escape(', '.join(e.experiment_id for e in noise[:5]))}"
+                  f"{' …' if len(noise) > 5 else ''}[/dim]")
     rows = needs_table(report)
     if rows and (groups or verbose):
         t = Table(title="Why the others succeeded: pretrained weights per model", title_justify="left")
