@@ -7,6 +7,7 @@ import shutil
 import sys
 from typing import List
 
+from doctor.commands import doctor_command, prefetch_fix
 from doctor.context import NeedState
 from doctor.hubcache import BROKEN, MISSING, UNREADABLE
 from doctor.model import FAIL, OK, WARN, Finding
@@ -16,28 +17,6 @@ _AREA = {"timm": "hub", "hf": "hub", "torchvision": "torchhub", "path": "path", 
 
 def _q(*words: str) -> str:
     return " ".join(shlex.quote(w) for w in words)
-
-
-def doctor_script() -> str:
-    """The absolute path of the mutation-doctor script (beside this interpreter, else on PATH)."""
-    beside = os.path.join(os.path.dirname(sys.executable), "mutation-doctor")
-    return beside if os.access(beside, os.X_OK) else (shutil.which("mutation-doctor") or "mutation-doctor")
-
-
-def _doctor_cmd(ctx, verb: str = "", as_launch_user: bool = False) -> str:
-    """The mutation-doctor command line for a fix. `as_launch_user`: run it the way experiments are
-    launched (under sudo, with the script's absolute path, since secure_path would not find it)."""
-    from doctor.launch import parse_launch
-
-    spec = parse_launch(ctx.options.launch)
-    sudo = as_launch_user and spec.mode != "current" and os.getuid() != 0
-    words = [*spec.argv_prefix, doctor_script()] if sudo else ["mutation-doctor"]
-    words += [verb] if verb else []
-    if ctx.options.settings_file:
-        words += ["-ec", ctx.options.settings_file]
-    if not sudo and spec.mode != "current":
-        words += ["--launch", ctx.options.launch]
-    return _q(*words)
 
 
 def _what(s: NeedState) -> str:
@@ -71,7 +50,7 @@ def _hub_fixes(ctx, s: NeedState) -> List[str]:
         sudo = "sudo " if launch.uid == 0 and os.getuid() != 0 else ""
         target = dest if r.source == "hf" else os.path.join(dest, "checkpoints")
         fixes.append(f"{sudo}mkdir -p {shlex.quote(target)} && {sudo}cp -a {shlex.quote(src)} {shlex.quote(target)}/")
-    fixes.append(_doctor_cmd(ctx, "prefetch", as_launch_user=True) + "  # downloads into the launch context's cache")
+    fixes.append(prefetch_fix(ctx))
     return fixes
 
 
@@ -124,7 +103,7 @@ def check_needs(ctx):
             out.append(Finding(
                 id="cache.unreadable", group="cache", status=WARN, title=f"cannot look for {what}: no permission",
                 detail=f"{s.detail}; the launched process runs as {ctx.launch.user} (HOME={ctx.launch.home})",
-                fix=(_doctor_cmd(ctx, as_launch_user=True) + "  # look as the launch user",), experiments=(), data=data))
+                fix=(doctor_command(ctx, as_launch_user=True) + "  # look as the launch user",), experiments=(), data=data))
             continue
         detail = s.detail
         if s.found_elsewhere:

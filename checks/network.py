@@ -24,6 +24,7 @@ import shlex
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from checks import netprobe as np
+from doctor.commands import prefetch_fix, run_command
 from doctor.model import FAIL, OK, WARN, Finding
 
 GROUP = "network"
@@ -151,44 +152,27 @@ def _hub_probe_path(hub_states: Sequence) -> Optional[str]:
     return None
 
 
-def _preserve(launch, *names: str) -> Optional[str]:
+def _preserve(ctx, *names: str) -> Optional[str]:
     """The sudo form that carries `names` into the launched process, or None when an export is enough."""
-    how = (launch.how or "current").strip()
+    how = (ctx.launch.how or "current").strip()
     if not how.startswith("sudo") or how.startswith("sudo -E"):
         return None
     kept: List[str] = []
     if how.startswith("sudo --preserve-env="):
         kept = [n for n in how.split("=", 1)[1].split(",") if n]
-    return "sudo --preserve-env=" + ",".join(_uniq(kept + list(names))) + " ..."
+    return run_command(ctx, ("sudo", "--preserve-env=" + ",".join(_uniq(kept + list(names)))))
 
 
-def _settings_file(ctx) -> str:
-    opts = getattr(ctx, "options", None)
-    return getattr(opts, "settings_file", None) or "SETTINGS.json"
-
-
-def _sudo_word(launch) -> str:
-    """`sudo ` when the launch cache belongs to another user than the one reading the fix."""
-    return "sudo " if launch.uid != os.getuid() else ""
-
-
-def _offline_fixes(launch) -> List[str]:
+def _offline_fixes(ctx) -> List[str]:
     fixes = ["export HF_HUB_OFFLINE=1"]
-    p = _preserve(launch, "HF_HUB_OFFLINE")
+    p = _preserve(ctx, "HF_HUB_OFFLINE")
     if p:
         fixes.append(p)
     return fixes
 
 
 def _copy_fixes(ctx, kind: str) -> List[str]:
-    launch = ctx.launch
-    fixes = [f"mutation-doctor prefetch -ec {shlex.quote(_settings_file(ctx))}  # on a connected machine"]
-    if kind == np.HUB:
-        fixes.append(f"{_sudo_word(launch)}rsync -a CONNECTED_HOST:.cache/huggingface/hub/ {shlex.quote(launch.hf_cache)}/")
-    else:
-        fixes.append(f"{_sudo_word(launch)}rsync -a CONNECTED_HOST:.cache/torch/hub/checkpoints/ "
-                     f"{shlex.quote(os.path.join(launch.torch_hub, 'checkpoints'))}/")
-    return fixes
+    return [prefetch_fix(ctx)]
 
 
 def _secs(x: Optional[float]) -> str:
@@ -218,7 +202,7 @@ def _class_fixes(ctx, r: np.ProbeResult) -> Tuple[List[str], List[str]]:
         elif lost:
             notes.append(", ".join(f"{v}={inv[v]}" for v in lost) + " is set in your shell but not in the launch "
                          f"environment ({launch.how} drops it)")
-            fixes.append(_preserve(launch, *lost) or "sudo -E ...")
+            fixes.append(_preserve(ctx, *lost) or run_command(ctx, ("sudo", "-E")))
         else:
             if r.reason == "expired":
                 notes.append("the certificate has expired, or this machine's clock is wrong")
@@ -232,8 +216,8 @@ def _class_fixes(ctx, r: np.ProbeResult) -> Tuple[List[str], List[str]]:
             fixes.append("export SSL_CERT_FILE=/path/to/corporate-ca.pem")
             if r.endpoint.kind == np.HUB:
                 fixes.append("export REQUESTS_CA_BUNDLE=/path/to/corporate-ca.pem  # huggingface_hub < 1.0 (requests)")
-            p = _preserve(launch, "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE") if r.endpoint.kind == np.HUB else \
-                _preserve(launch, "SSL_CERT_FILE")
+            p = _preserve(ctx, "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE") if r.endpoint.kind == np.HUB else \
+                _preserve(ctx, "SSL_CERT_FILE")
             if p:
                 fixes.append(p)
     elif c == np.PROXY:
@@ -323,7 +307,7 @@ def _hub_finding(ctx, r: np.ProbeResult, hub: Sequence) -> Finding:
     if missing:  # fetch the files elsewhere, then load them offline
         fixes += _copy_fixes(ctx, np.HUB)
     if missing or cached:
-        fixes += _offline_fixes(ctx.launch)
+        fixes += _offline_fixes(ctx)
     status = FAIL if blocked else WARN
     host = r.host
     if blocked:
