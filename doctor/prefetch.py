@@ -173,4 +173,4 @@ def _give_back(ctx, since: float) -> None:
     gid = pwd.getpwuid(launch.invoking_uid).pw_gid
     roots = [p for p in (launch.hf_cache, launch.torch_hub) if p.startswith(launch.invoking_home.rstrip("/") + "/")]
     if roots:
-        give_back(roots, launch.invoking_uid, gid, since=since)
+        give_back(roots, launch.invoking_uid, gid, since=since, within=launch.invoking_home)

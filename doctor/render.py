@@ -108,7 +108,7 @@ def render_terminal(report: Report, console, verbose: bool = False) -> None:
             console.print(f"    [{STYLE[f.status]}]{MARK[f.status]}[/{STYLE[f.status]}] {escape(mask_text(f.title, env))}"
                           f" [dim]{escape(f.id)}[/dim]")
             if f.detail and (verbose or f.status != OK):
-                console.print(f"      {escape(mask_text(f.detail, env))}", style="dim", overflow="fold")
+                console.print(f"      {escape(mask_text(f.detail, env))}", style="dim")
             if f.experiments and f.status != OK:
                 ids = ", ".join(f.experiments[:4]) + (f" (+{len(f.experiments) - 4} more)" if len(f.experiments) > 4 else "")
                 console.print(f"      affects: {escape(ids)}")
