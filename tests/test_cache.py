@@ -342,3 +342,28 @@ def test_tilde_in_a_need_is_the_launched_process_home(clean_env, tmp_path):
     p, data = doctor(project, clean_env, "--launch", "sudo")
     missing = by_id(data)["cache.python.missing"]
     assert missing["data"]["path"] == "/root/mp-test-envs/reid/bin/python"
+
+
+def test_prefetch_under_sudo_gives_the_files_back_to_the_user(fresh_hub, tmp_path):
+    """`sudo -E mutation-doctor prefetch`: root writes into the user's cache, then hands it back."""
+    from tests.support import sudo_user
+
+    reason = sudo_user.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with sudo_user.throwaway_user() as u:
+        project = make_project(tmp_path, [{"hf": TINY_REPO, "files": ["config.json", "model.safetensors"]}])
+        for d in [tmp_path, *tmp_path.parents][:4]:
+            if str(d).startswith(tempfile.gettempdir() + "/"):
+                d.chmod(d.stat().st_mode | 0o055)
+        argv = ["sudo", "-n", "-E", sys.executable, "-m", "doctor.cli", "prefetch", "-ec", "s.json",
+                "--models-config", "models.json", "--project-root", str(project), "--json"]
+        p = u.run(argv, env=u.env(HF_ENDPOINT=fresh_hub.url, HF_HUB_DISABLE_TELEMETRY="1"), cwd=str(project),
+                  timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert json.loads(p.stdout)["missing_after"] == []
+        cache = Path(u.home, ".cache", "huggingface", "hub", "models--org--tiny")
+        assert (cache / "refs" / "main").is_file()
+        owners = {(Path(d, n).lstat().st_uid) for d, dirs, files in os.walk(Path(u.home, ".cache"))
+                  for n in dirs + files} | {Path(u.home, ".cache").lstat().st_uid}
+        assert owners == {u.uid}
