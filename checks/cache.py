@@ -7,7 +7,7 @@ import shutil
 import sys
 from typing import List
 
-from doctor.commands import doctor_command, prefetch_fix
+from doctor.commands import doctor_command, prefetch_fix, run_command
 from doctor.context import NeedState
 from doctor.hubcache import BROKEN, MISSING, UNREADABLE
 from doctor.model import FAIL, OK, WARN, Finding
@@ -43,10 +43,9 @@ def _hub_fixes(ctx, s: NeedState) -> List[str]:
             src = os.path.join(where, "checkpoints", r.filename)
             var, dest = "TORCH_HOME", launch.torch_hub
         cache_root = where if var == "HF_HUB_CACHE" else os.path.dirname(where)
+        fixes.append(f"export {var}={shlex.quote(cache_root)}")
         if launch.source != "self" or launch.uid != launch.invoking_uid:
-            fixes.append(f"export {var}={shlex.quote(cache_root)}  # then launch with: sudo --preserve-env={var},HF_HUB_OFFLINE ...")
-        else:
-            fixes.append(f"export {var}={shlex.quote(cache_root)}")
+            fixes.append(run_command(ctx, ("sudo", f"--preserve-env={var},HF_HUB_OFFLINE")))
         sudo = "sudo " if launch.uid == 0 and os.getuid() != 0 else ""
         target = dest if r.source == "hf" else os.path.join(dest, "checkpoints")
         fixes.append(f"{sudo}mkdir -p {shlex.quote(target)} && {sudo}cp -a {shlex.quote(src)} {shlex.quote(target)}/")

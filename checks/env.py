@@ -14,6 +14,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from doctor.commands import run_command
 from doctor.launch import (REFUSED_NOTE, RELEVANT_VARS, hf_cache_dir, is_offline, parse_launch, torch_hub_dir,
                            which)
 from doctor.model import FAIL, OK, WARN, Finding
@@ -197,14 +198,6 @@ def sudoers_fix(names: Sequence[str]) -> str:
             f"sudo install -m 0440 -o root -g root {tmp} {SUDOERS_FILE} && sudo visudo -cf {SUDOERS_FILE}")
 
 
-def script(name: str) -> str:
-    """The absolute path of one of our scripts beside this interpreter (secure_path would not find a venv's)."""
-    import sys
-
-    beside = os.path.join(os.path.dirname(sys.executable), name)
-    return beside if os.access(beside, os.X_OK) else name
-
-
 def launch_spec(ctx):
     """The LaunchSpec of a sudo launch (from --launch, else the context's label); None under sudo itself."""
     if ctx.launch.source == "self":
@@ -229,16 +222,15 @@ def keep_fixes(ctx, names: Sequence[str], exports: Mapping[str, str] = (), root_
     if exports:
         fixes.append("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in exports.items()))
     how = "sudo --preserve-env=" + ",".join(names)
-    fixes.append(f"{how} ...  # check first: {_doctor_check(ctx, how)}")
+    fixes.append(f"{run_command(ctx, ('sudo', '--preserve-env=' + ','.join(names)))}  # check first: {_doctor_check(ctx, how)}")
     fixes.append(sudoers_fix(names) + ("  # with the exports above in your shell profile" if exports else ""))
     if spec is None or spec.mode != "sudo-E":
         note = ROOT_WRITE_NOTE if (root_writes or launch.home != launch.invoking_home) else ""
-        fixes.append("sudo -E ..." + (f"  # keeps HOME too; {note}" if note else ""))
-    settings = ["-ec", ctx.options.settings_file] if ctx.options.settings_file else []
+        fixes.append(run_command(ctx, ("sudo", "-E")) + (f"  # keeps HOME too; {note}" if note else ""))
     if spec is None:
-        runner = _q("sudo", script("mutation-run"), *settings)
+        runner = run_command(ctx, ("sudo",))
     else:
-        runner = _q("mutation-run", *settings, "--launch", spec.label)
+        runner = run_command(ctx, ()) + " --launch " + shlex.quote(spec.label)
     fixes.append(runner + "  # the runner sets HF_HUB_CACHE/TORCH_HOME/HF_HUB_OFFLINE for each experiment explicitly")
     return fixes
 
@@ -352,7 +344,8 @@ def _change_finding(ctx, kind: str, items: List[VarChange], move_by_cause, root_
         verb = {"dropped": "dropped", "changed": "changed"}[kind]
     fixes = keep_fixes(ctx, names, exports, root_writes) if warn and (names or exports) else []
     if any(c.name == "LD_LIBRARY_PATH" and c.kind == "dropped" for c in items):
-        fixes.append('sudo env "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" ...  # env sets it after sudo, so the loader keeps it')
+        fixes.append('sudo env "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" ' + run_command(ctx, (), absolute=True)
+                     + "  # env sets it after sudo, so the loader keeps it")
     return Finding(id=f"env.{kind}", group="env", status=WARN if warn else OK,
                    title=f"{'sudo' if ctx.launch.source == 'self' else ctx.launch.how} {verb} "
                          f"{', '.join(c.name for c in items)}",
@@ -377,9 +370,11 @@ def _python_findings(ctx, changes: Sequence[VarChange]) -> List[Finding]:
                  else f"{cmd} is not found on the launched process's PATH (was {before})")
         detail = (f"{why} ({launch.env.get('PATH', '')}); experiments that call {cmd} by name get that interpreter"
                   + (f" (no `python` need declared for: {', '.join(by_name[:6])})" if by_name else ""))
-        fixes = (f"sudo {shlex.quote(before)} ...  # call the interpreter by its absolute path",
-                 f'sudo env "PATH=$PATH" ...  # env restores your PATH after sudo',
-                 f"sudo --preserve-env=PATH ...  # check first: {_doctor_check(ctx, 'sudo --preserve-env=PATH')}")
+        detail += (f"; or declare {{\"python\": \"{before}\"}} in the repo's \"requires\" of {ctx.registry.path}:"
+                   " mutation-run then puts it first on PATH")
+        fixes = ('sudo env "PATH=$PATH" ' + run_command(ctx, (), absolute=True) + "  # env restores your PATH after sudo",
+                 run_command(ctx, ("sudo", "--preserve-env=PATH"))
+                 + f"  # check first: {_doctor_check(ctx, 'sudo --preserve-env=PATH')}")
         out.append(Finding(id="env.python-changed", group="env", status=WARN if by_name else OK, title=title, detail=detail,
                            fix=fixes, experiments=tuple(by_name), data={"command": cmd, "before": before, "after": after}))
         break

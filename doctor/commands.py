@@ -45,7 +45,9 @@ def prefetch_fix(ctx) -> str:
     return doctor_command(ctx, "prefetch", as_launch_user=True) + "  # where the hub is reachable; copy the cache here otherwise"
 
 
-def run_command(ctx, sudo_words: Sequence[str]) -> str:
-    """The batch launched through `sudo_words` (e.g. sudo --preserve-env=HF_HUB_OFFLINE)."""
-    runner = script("mutation-run") if sudo_words else "mutation-run"
+def run_command(ctx, sudo_words: Sequence[str], absolute: bool = None) -> str:
+    """The batch launched through `sudo_words` (e.g. sudo --preserve-env=HF_HUB_OFFLINE); the
+    runner by absolute path whenever it starts after sudo (`absolute` defaults to that)."""
+    absolute = bool(sudo_words) if absolute is None else absolute
+    runner = script("mutation-run") if absolute else "mutation-run"
     return quote(*sudo_words, runner, "--require-preflight", *_settings(ctx))

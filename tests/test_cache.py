@@ -220,7 +220,8 @@ def test_sudo_launch_moves_the_cache_and_names_where_weights_are(hrnet_hf_cache,
     missing = by_id(data)["cache.hub.missing"]
     assert str(user_cache) in missing["detail"]
     assert any(f"HF_HUB_CACHE={user_cache}" in fix for fix in missing["fix"])
-    assert any("--preserve-env=HF_HUB_CACHE" in fix for fix in missing["fix"])
+    assert any(fix.startswith("sudo --preserve-env=HF_HUB_CACHE,HF_HUB_OFFLINE /") and "mutation-run" in fix
+               for fix in missing["fix"])
     assert missing["data"]["found_elsewhere"] == [str(user_cache)]
 
 

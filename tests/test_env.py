@@ -116,7 +116,8 @@ def test_home_moved_says_where_the_cache_goes_and_what_is_missing_there(user_hom
     # the printed fix: export the cache, preserve it; the launch it describes finds the model again
     assert home.fix[0] == f"export HF_HUB_CACHE={before}"
     how = "sudo --preserve-env=HF_HUB_CACHE,HF_HUB_OFFLINE"
-    assert home.fix[1].startswith(how + " ...  # check first: mutation-doctor -ec ")
+    assert home.fix[1].startswith(how + " /") and "mutation-run --require-preflight -ec " in home.fix[1]
+    assert "  # check first: mutation-doctor -ec " in home.fix[1]
     fixed = sudo_launch(dict(env, HF_HUB_CACHE=before), how, tmp_path / "roothome")
     assert fixed.hf_cache == before and library_sees(fixed.env)["hit"]
     assert "env.home-moved" in by_id(check_propagation(context(root, fixed, tmp_path / "memo", how)))
@@ -144,8 +145,8 @@ def test_dropped_variables_with_consequences_and_no_secret_shown(user_home, tmp_
     assert "downloads go directly instead of through http://***@proxy.lab:3128" in words
     assert "neither -E nor --preserve-env keeps it" in words
     assert f.fix[0].startswith("sudo --preserve-env=HF_HOME,HF_HUB_OFFLINE,HF_TOKEN,https_proxy,SSL_CERT_FILE,"
-                               "CUDA_VISIBLE_DEVICES ...")
-    assert 'sudo env "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" ...' in f.fix[-1]
+                               "CUDA_VISIBLE_DEVICES /")
+    assert f.fix[-1].startswith('sudo env "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" /') and "mutation-run" in f.fix[-1]
     shown = json.dumps([finding_dict(x, launch.env) for x in findings])
     assert token not in shown and proxy_pw not in shown
 

@@ -5,6 +5,7 @@ way sees (its environment, huggingface_hub's cache directory, the interpreter `p
 Skipped, with the reason, where we are not root or sudo/useradd/visudo/setpriv are missing.
 """
 import json
+import re
 import os
 import shlex
 import shutil
@@ -214,11 +215,11 @@ def test_secure_path_changes_the_interpreter_and_the_fixes_restore_it(user, upy,
     assert data["launch"]["python3"] == real_python != str(venv_bin / "python3")
     f = by_id(data)["env.python-changed"]
     assert f["title"] == f"python3 resolves to {real_python} instead of {venv_bin / 'python3'}"
-    # each printed fix, with `...` replaced by the command, starts the user's python3 again
+    # each printed fix, with the batch command replaced by python3, starts the user's python3 again
+    assert f["fix"] and all("mutation-run --require-preflight" in fix for fix in f["fix"])
     for fix in f["fix"]:
-        command = fix.split("  #")[0].replace("...", "-c " + shlex.quote(code)).replace("sudo ", "sudo -n ", 1)
-        if "python3" not in command.split("-c")[0]:
-            command = command.replace(" -c ", " python3 -c ", 1)
+        command = re.sub(r"\S*mutation-run --require-preflight.*$", "python3 -c " + shlex.quote(code),
+                         fix.split("  #")[0]).replace("sudo ", "sudo -n ", 1)
         p = user.run(["/bin/sh", "-c", command], env=user_env, timeout=60)
         assert p.returncode == 0, (command, p.stderr)
         assert json.loads(p.stdout)["executable"] == str(venv_bin / "python3"), command
