@@ -268,7 +268,16 @@ def test_unknown_timm_model_is_a_registry_error(clean_env, tmp_path):
     assert f["status"] == "fail" and "no_such_model_xyz" in f["detail"]
 
 
-def test_cache_the_doctor_cannot_read_is_a_warning_not_a_block(clean_env, tmp_path):
+@pytest.fixture
+def open_tmp():
+    """A temp folder other users may traverse (pytest's own are 0700 and reset at each session start)."""
+    path = Path(tempfile.mkdtemp(prefix="mp-shared-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_cache_the_doctor_cannot_read_is_a_warning_not_a_block(clean_env, open_tmp):
     """A doctor running as an unprivileged user, a cache only root may read: warn, don't block.
 
     The interpreter lives under /root here, so the process starts as root, loads what it needs
@@ -276,16 +285,13 @@ def test_cache_the_doctor_cannot_read_is_a_warning_not_a_block(clean_env, tmp_pa
     """
     if os.getuid() != 0:
         pytest.skip("needs root to drop to another user")
-    project = make_project(tmp_path, [{"timm": "hrnet_w18"}])
-    locked = tmp_path / "locked"
+    project = make_project(open_tmp, [{"timm": "hrnet_w18"}])
+    locked = open_tmp / "locked"
     (locked / "hub").mkdir(parents=True)
     locked.chmod(0o700)
-    home = tmp_path / "nobody-home"
+    home = open_tmp / "nobody-home"
     home.mkdir()
     os.chown(home, 65534, 65534)
-    for d in [tmp_path, *tmp_path.parents][:4]:  # pytest's own temp folders are 0700: let nobody through
-        if str(d).startswith(tempfile.gettempdir() + "/"):
-            d.chmod(d.stat().st_mode | 0o055)
     for d, _, files in os.walk(project):
         os.chmod(d, 0o755)
     code = ("import contextlib, io, os, sys\n"
@@ -345,7 +351,7 @@ def test_tilde_in_a_need_is_the_launched_process_home(clean_env, tmp_path):
     assert missing["data"]["path"] == "/root/mp-test-envs/reid/bin/python"
 
 
-def test_prefetch_under_sudo_gives_the_files_back_to_the_user(fresh_hub, tmp_path):
+def test_prefetch_under_sudo_gives_the_files_back_to_the_user(fresh_hub, open_tmp):
     """`sudo -E mutation-doctor prefetch`: root writes into the user's cache, then hands it back."""
     from tests.support import sudo_user
 
@@ -353,10 +359,7 @@ def test_prefetch_under_sudo_gives_the_files_back_to_the_user(fresh_hub, tmp_pat
     if reason:
         pytest.skip(reason)
     with sudo_user.throwaway_user() as u:
-        project = make_project(tmp_path, [{"hf": TINY_REPO, "files": ["config.json", "model.safetensors"]}])
-        for d in [tmp_path, *tmp_path.parents][:4]:
-            if str(d).startswith(tempfile.gettempdir() + "/"):
-                d.chmod(d.stat().st_mode | 0o055)
+        project = make_project(open_tmp, [{"hf": TINY_REPO, "files": ["config.json", "model.safetensors"]}])
         argv = ["sudo", "-n", "-E", sys.executable, "-m", "doctor.cli", "prefetch", "-ec", "s.json",
                 "--models-config", "models.json", "--project-root", str(project), "--json"]
         p = u.run(argv, env=u.env(HF_ENDPOINT=fresh_hub.url, HF_HUB_DISABLE_TELEMETRY="1"), cwd=str(project),
