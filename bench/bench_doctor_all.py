@@ -12,7 +12,6 @@ a warm run (timed one by one in a separate process), counts of findings per stat
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -22,11 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_doctor import build_home  # same cache layout: hrnet_w18, densenet121, resnet50
+
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = (ROOT.parent / "shared" / "corpus" / "user-project" / "settings" / "archived"
          / "11_models_quick_validation_1epoch.json")
 MODELS = ROOT / "settings" / "models_config.json"
-MIB = 1024 * 1024
 TARGET = 1.0
 
 _PER_CHECK = r"""
@@ -45,36 +45,6 @@ for c in CHECKS:
                 "findings": [f.id for f in found]})
 print(json.dumps(out))
 """
-
-
-def _random_file(path: Path, size: int) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256()
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            chunk = os.urandom(min(left, 4 * MIB))
-            h.update(chunk)
-            f.write(chunk)
-            left -= len(chunk)
-    return h.hexdigest()
-
-
-def build_home(home: Path, scale: float) -> None:
-    """hrnet_w18 in the HF cache and densenet121/resnet50 in torch hub, laid out as the libraries write them."""
-    hub = home / ".cache" / "huggingface" / "hub" / "models--timm--hrnet_w18.ms_aug_in1k"
-    tmp = hub / "blobs" / "tmp"
-    sha = _random_file(tmp, int(81 * MIB * scale))
-    tmp.rename(hub / "blobs" / sha)
-    commit = "0" * 40
-    (hub / "refs").mkdir(parents=True)
-    (hub / "refs" / "main").write_text(commit)
-    snap = hub / "snapshots" / commit
-    snap.mkdir(parents=True)
-    (snap / "model.safetensors").symlink_to(Path("..", "..", "blobs", sha))
-    ckpt = home / ".cache" / "torch" / "hub" / "checkpoints"
-    for name, mib in (("densenet121-a639ec97.pth", 31), ("resnet50-0676ba61.pth", 98)):
-        _random_file(ckpt / name, int(mib * MIB * scale))
 
 
 def build_project(base: Path) -> Path:

@@ -28,7 +28,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -38,19 +37,11 @@ if str(ROOT) not in sys.path:
 
 from checks import netprobe  # noqa: E402
 from checks.network import check_network  # noqa: E402
-from doctor.model import FAIL, LaunchContext, Need  # noqa: E402
+from doctor.model import FAIL  # noqa: E402
 
-CORPUS_SETTINGS = Path("/work/shared/corpus/user-project/settings/archived/11_models_quick_validation_1epoch.json")
+CORPUS_SETTINGS = ROOT.parent / "shared" / "corpus" / "user-project" / "settings" / "archived" / "11_models_quick_validation_1epoch.json"
 REDUCED_ETAG_TIMEOUT = 1
 RUNNER_MAX_RETRIES = 2  # the batch's max_retries: mutation.py runs a failed experiment twice more
-
-# What the user's models need at run time (CONTEXT.md), as generic needs.
-MODEL_NEEDS = {
-    ("Person_reID_baseline_pytorch", "hrnet18"): ("timm", {"timm": "hrnet_w18"}),
-    ("Person_reID_baseline_pytorch", "densenet121"): ("torchvision", {"torchvision": "densenet121", "pretrained": True}),
-    ("Person_reID_baseline_pytorch", "pcb"): ("torchvision", {"torchvision": "resnet50", "pretrained": True}),
-}
-
 
 # ---------------------------------------------------------------------------------------------
 # huggingface_hub's constants, from its source
@@ -121,75 +112,20 @@ def black_hole_time_to_failure(c: Dict[str, object], etag_timeout: float, files:
 # The plan and a context for check_network
 
 
-@dataclass(frozen=True)
-class State:
-    need: Need
-    present: Optional[bool]
-    experiments: Tuple[str, ...]
-    resolved: object = None
+def real_context(settings: Path, hub_url: str, timeout: float, home: str):
+    """The doctor's real context for `settings` with the bundled registry, as a process whose HOME
+    is empty (nothing cached) and whose HF_ENDPOINT is `hub_url` would get it."""
+    from doctor.cli import build_parser, make_context
 
-
-@dataclass(frozen=True)
-class Options:
-    timeout: float = 3.0
-    settings_file: Optional[str] = None
-
-
-@dataclass
-class PlanContext:
-    """The attributes check_network reads from doctor.context.DoctorContext, for a generic plan."""
-
-    launch: LaunchContext
-    states: Dict[str, State]
-    options: Options
-    experiments: Tuple[Tuple[str, Tuple[str, ...]], ...] = field(default=())  # (id, need keys)
-
-    def need_states(self) -> Dict[str, State]:
-        return self.states
-
-
-def plan_from_settings(path: Optional[Path]) -> List[Tuple[str, List[Tuple[str, str]]]]:
-    """(experiment id, [(repo, model) of each side]) for every experiment of a settings file, ids as
-    mutation.py names result folders; without a file, the 11 + 11 batch built in."""
-    if path and path.is_file():
-        entries = json.loads(path.read_text(encoding="utf-8"))["experiments"]
-    else:
-        models = [("MRT-OAST", "default"), ("bug-localization-by-dnn-and-rvsm", "default"),
-                  ("pytorch_resnet_cifar10", "resnet20"), ("VulBERTa", "mlp"),
-                  ("Person_reID_baseline_pytorch", "densenet121"), ("Person_reID_baseline_pytorch", "hrnet18"),
-                  ("Person_reID_baseline_pytorch", "pcb"), ("examples", "mnist"), ("examples", "mnist_rnn"),
-                  ("examples", "mnist_ff"), ("examples", "siamese")]
-        entries = [{"mode": "default", "repo": r, "model": m} for r, m in models]
-        entries += [{"mode": "parallel", "foreground": {"repo": r, "model": m},
-                     "background": {"repo": "examples", "model": "mnist"}} for r, m in models]
-    plan = []
-    for i, e in enumerate(entries, 1):
-        if e.get("mode") == "parallel":
-            fg, bg = e["foreground"], e.get("background") or {}
-            sides = [(fg["repo"], fg["model"])] + ([(bg["repo"], bg["model"])] if bg else [])
-            plan.append((f"{fg['repo']}_{fg['model']}_{i:03d}_parallel", sides))
-        else:
-            plan.append((f"{e['repo']}_{e['model']}_{i:03d}", [(e["repo"], e["model"])]))
-    return plan
-
-
-def build_plan_context(plan, env: Dict[str, str], timeout: float, present: Optional[bool] = False) -> PlanContext:
-    states: Dict[str, Tuple[Need, List[str]]] = {}
-    exps = []
-    for exp_id, sides in plan:
-        keys = []
-        for repo, model in sides:
-            if (repo, model) in MODEL_NEEDS:
-                kind, spec = MODEL_NEEDS[(repo, model)]
-                n = Need(kind, spec, repo, f"/repos/{repo}")
-                states.setdefault(n.key, (n, []))[1].append(exp_id)
-                keys.append(n.key)
-        exps.append((exp_id, tuple(keys)))
-    home = tempfile.gettempdir()
-    launch = LaunchContext(how="sudo", source="simulated", env=env, user="root", uid=0, gid=0, home=home, cwd=home,
-                           invoking_user="u", invoking_uid=os.getuid(), invoking_home=home)
-    return PlanContext(launch, {k: State(n, present, tuple(dict.fromkeys(ids))) for k, (n, ids) in states.items()},
-                       Options(timeout), tuple(exps))
+    for k in [k for k in os.environ if k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))
+              or k in ("TORCH_HOME", "XDG_CACHE_HOME") or k.lower().endswith("_proxy")]:
+        del os.environ[k]
+    os.environ.update(HF_ENDPOINT=hub_url, HOME=home, MUTATION_DOCTOR_ASK_SUDO="0")
+    args = build_parser().parse_args(["-ec", str(settings), "--models-config", str(ROOT / "settings" / "models_config.json"),
+                                      "--project-root", home, "--only", "network", "--timeout", str(timeout)])
+    ctx = make_context(args)
+    ctx.need_states()  # the cache group's work, shared with the network group; not timed here
+    return ctx
 
 
 def probe_for_plan(ctx) -> Dict[str, object]:
@@ -293,22 +229,23 @@ def main(argv=None) -> int:
     ap.add_argument("--settings", type=Path, default=CORPUS_SETTINGS, help="settings file of the plan")
     args = ap.parse_args(argv)
 
+    if not args.settings.is_file():
+        print(json.dumps({"skipped": f"settings file not found: {args.settings}"}))
+        return 0
     consts = hub_constants()
-    plan = plan_from_settings(args.settings)
-    with BlackHole() as hole:
+    with BlackHole() as hole, tempfile.TemporaryDirectory(prefix="bench-network-") as home:
         url = f"https://127.0.0.1:{hole.port}"
         netprobe.TORCH_HUB_HOST = url  # torch hub downloads go to the same black hole (nothing leaves the machine)
-        ctx = build_plan_context(plan, {"HF_ENDPOINT": url, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, args.timeout)
+        ctx = real_context(args.settings, url, args.timeout, home)
         doctor = probe_for_plan(ctx)
         real = real_load(url, None if args.full else args.real_cap)
 
-    affected = sorted(e for e, keys in ctx.experiments if keys)
+    affected = sorted(e.id for e in ctx.plan.experiments if any(n.kind in ("timm", "hf", "torchvision") for n in e.needs))
     reduced = black_hole_time_to_failure(consts, REDUCED_ETAG_TIMEOUT)
     default = black_hole_time_to_failure(consts, consts["DEFAULT_ETAG_TIMEOUT"])
     real_s = real["seconds"] if not real["censored"] else max(real["seconds"], 0.0)
     result = {
-        "plan": {"settings": str(args.settings) if args.settings and args.settings.is_file() else "built-in 11+11",
-                 "experiments": len(plan), "affected": affected},
+        "plan": {"settings": str(args.settings), "experiments": len(ctx.plan.experiments), "affected": affected},
         "doctor": {**doctor, "timeout_s": args.timeout,
                    "within_timeout_plus_0_5": doctor["seconds"] <= args.timeout + 0.5,
                    "all_affected_reported": doctor["blocked"] == affected},

@@ -26,6 +26,7 @@ import threading
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from checks import gpu as gpulib
+from doctor.memo import JsonMemo, memo_dir
 from doctor.launch import which
 from doctor.model import FAIL, OK, WARN, Finding
 from doctor.secrets import mask_text
@@ -465,43 +466,10 @@ def _probe_key(path: str, item: dict, env: Mapping[str, str], gpu: str) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-class _ProbeMemo:
+def _probe_memo(ctx) -> JsonMemo:
     """Probe answers kept on disk (`interpreters.json` beside the doctor's other memos), so a second
     doctor run does not import torch again unless the interpreter's packages changed."""
-
-    def __init__(self, ctx):
-        from doctor import hubcache
-
-        base = ctx.options.memo_dir or os.path.dirname(hubcache.default_memo_path())
-        self.path = os.path.join(base, "interpreters.json")
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                self.data = json.load(f)
-        except (OSError, ValueError):
-            self.data = {}
-        self.dirty = False
-
-    def get(self, key: str) -> Optional[dict]:
-        return self.data.get(key, {}).get("result")
-
-    def put(self, key: str, result: dict) -> None:
-        import time
-
-        self.data[key] = {"result": result, "time": time.time()}
-        self.dirty = True
-
-    def save(self) -> None:
-        if not self.dirty:
-            return
-        keep = dict(sorted(self.data.items(), key=lambda kv: -kv[1].get("time", 0))[:64])
-        try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            tmp = f"{self.path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(keep, f)
-            os.replace(tmp, self.path)
-        except OSError:
-            pass
+    return JsonMemo(os.path.join(memo_dir(ctx.options), "interpreters.json"), limit=64)
 
 
 def _probe(path: str, item: dict, env: Mapping[str, str], gpu: bool) -> dict:
@@ -554,7 +522,7 @@ def check_interpreters(ctx):
             continue
         todo[path] = (item, ids, repos)
     if todo:
-        memo = _ProbeMemo(ctx)
+        memo = _probe_memo(ctx)
         gpu = f"{snap.driver}:{','.join(g.compute_capability or '?' for g in visible)}" if visible else ""
         keys = {p: _probe_key(p, todo[p][0], env, gpu) for p in todo}
         results = {p: memo.get(k) for p, k in keys.items()}

@@ -137,11 +137,26 @@ def run_check_command(args) -> int:
     return report.exit_code
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def guarded(prog: str, body) -> int:
+    """Run `body()`; a user mistake is one line on stderr and exit 2, never a traceback."""
     from doctor.registry import SettingsError
 
     try:
+        return body()
+    except (UsageError, SettingsError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def body() -> int:
         if argv and argv[0] == "explain":
             from doctor.explain.cli import main as explain_main
 
@@ -150,18 +165,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from doctor.prefetch import main as prefetch_main
 
             return prefetch_main(argv[1:])
-        if argv and argv[0] == "check":
-            argv = argv[1:]
-        args = build_parser().parse_args(argv)
-        return run_check_command(args)
-    except (UsageError, SettingsError) as e:
-        print(f"mutation-doctor: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("mutation-doctor: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 1
+        return run_check_command(build_parser().parse_args(argv[1:] if argv[:1] == ["check"] else argv))
+
+    return guarded("mutation-doctor", body)
 
 
 if __name__ == "__main__":  # pragma: no cover

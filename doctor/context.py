@@ -9,6 +9,7 @@ from typing import Dict, Optional, Tuple
 from doctor import hubcache
 from doctor.hubcache import BROKEN, MISSING, PRESENT, UNREADABLE, FileState
 from doctor.launch import ask_sudo_default, other_cache_locations
+from doctor.memo import memo_dir
 from doctor.model import GROUPS, LaunchContext, Need
 from doctor.plan import Plan
 from doctor.registry import Registry
@@ -77,11 +78,11 @@ class DoctorContext:
     inspect_notes: Tuple[str, ...] = ()  # why the caches could not be inspected as the launch user
 
     def __post_init__(self):
-        memo_dir = self.options.memo_dir or os.path.dirname(hubcache.default_memo_path())
+        folder = memo_dir(self.options)
         if self.resolver is None:
-            self.resolver = Resolver(os.path.join(memo_dir, "resolve.json"))
+            self.resolver = Resolver(os.path.join(folder, "resolve.json"))
         if self.hashes is None:
-            self.hashes = hubcache.HashMemo(os.path.join(memo_dir, "sha256.json"))
+            self.hashes = hubcache.HashMemo(os.path.join(folder, "sha256.json"))
 
     @property
     def experiments(self):

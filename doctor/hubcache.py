@@ -11,9 +11,10 @@ import json
 import os
 import re
 import stat
-import threading
 from dataclasses import dataclass
 from typing import Optional, Tuple
+
+from doctor.memo import JsonMemo
 
 PRESENT, MISSING, UNREADABLE, BROKEN = "present", "missing", "unreadable", "broken"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -46,53 +47,20 @@ class FileState:
         return None if self.status == UNREADABLE else self.status == PRESENT
 
 
-class HashMemo:
-    """sha256 of files, memoised on (realpath, size, mtime) in a JSON file so a second run does not hash again."""
-
-    def __init__(self, path: Optional[str] = None):
-        self.path = path
-        self._lock = threading.Lock()
-        self._data = {}
-        self._dirty = False
-        if path:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    self._data = json.load(f)
-            except (OSError, ValueError):
-                self._data = {}
+class HashMemo(JsonMemo):
+    """sha256 of files, memoised on (realpath, size, mtime) so a second run does not hash again."""
 
     def sha256(self, path: str) -> str:
         real = os.path.realpath(path)
         st = os.stat(real)
         key = f"{st.st_size}:{st.st_mtime_ns}"
-        with self._lock:
-            hit = self._data.get(real)
+        hit = self.get(real)
         if hit and hit[0] == key:
             return hit[1]
         with open(real, "rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
-        with self._lock:
-            self._data[real] = [key, digest]
-            self._dirty = True
+        self.put(real, [key, digest])
         return digest
-
-    def save(self) -> None:
-        if not (self.path and self._dirty):
-            return
-        try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            tmp = f"{self.path}.{os.getpid()}.tmp"
-            with self._lock, open(tmp, "w", encoding="utf-8") as f:
-                json.dump(self._data, f)
-            os.replace(tmp, self.path)
-            self._dirty = False
-        except OSError:
-            pass
-
-
-def default_memo_path() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "mutation-preflight", "sha256.json")
 
 
 def _readable_dir(path: str) -> Optional[bool]:

@@ -6,14 +6,13 @@ that name what mutation.py would silently ignore or crash on.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from doctor.model import FAIL, OK, WARN, Experiment, Finding, Side
-from doctor.registry import Registry, SettingsError
+from doctor.registry import Registry, SettingsError, read_json
 
 TOP_KEYS = {"experiment_name", "description", "governor", "runs_per_config", "max_retries", "mode",
             "use_deduplication", "historical_csvs", "experiments",
@@ -78,20 +77,6 @@ class _Lint:
                                experiments=tuple(dict.fromkeys(it["experiments"])),
                                data={"file": self.file, "paths": paths}))
         return tuple(out)
-
-
-def _load_json(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise SettingsError(path, "", "file not found") from None
-    except IsADirectoryError:
-        raise SettingsError(path, "", "is a folder; expected a settings JSON file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SettingsError(path, "", f"cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise SettingsError(path, f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}") from None
 
 
 def _runs(value: Any) -> Optional[int]:
@@ -235,7 +220,7 @@ class _Builder:
 def load_plan(path: str, registry: Registry) -> Plan:
     """Read a settings file into a Plan. Raises SettingsError only when the file cannot be read at all."""
     path = os.path.abspath(path)
-    data = _load_json(path)
+    data = read_json(path)
     lint = _Lint(path)
     if isinstance(data, list):
         lint.add("settings.top-level-list", WARN,

@@ -127,19 +127,26 @@ def _required_args(file: str, where: str, raw: Any) -> Tuple[str, ...]:
     raise SettingsError(file, where, "expected an object, a list or a string of arguments")
 
 
-def load_registry(path: str, project_root: str) -> Registry:
-    """Read a models_config.json. Raises SettingsError (one line) when it cannot be used."""
-    path = os.path.abspath(path)
-    project_root = os.path.abspath(project_root)
+def read_json(path: str, missing_hint: str = "") -> Any:
+    """A JSON file, or SettingsError naming the file and, for bad JSON, the line and column."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
-        raise SettingsError(path, "", "file not found (pass --models-config FILE)") from None
+        raise SettingsError(path, "", "file not found" + missing_hint) from None
+    except IsADirectoryError:
+        raise SettingsError(path, "", "is a folder; expected a JSON file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SettingsError(path, "", f"cannot read: {e}") from None
     except json.JSONDecodeError as e:
         raise SettingsError(path, f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}") from None
+
+
+def load_registry(path: str, project_root: str) -> Registry:
+    """Read a models_config.json. Raises SettingsError (one line) when it cannot be used."""
+    path = os.path.abspath(path)
+    project_root = os.path.abspath(project_root)
+    data = read_json(path, missing_hint=" (pass --models-config FILE)")
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
         raise SettingsError(path, "models", "expected a top-level object with a \"models\" object")
     repos = {}

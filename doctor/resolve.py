@@ -5,13 +5,12 @@ Resolution imports timm or torchvision (seconds), so results are memoised per li
 """
 from __future__ import annotations
 
-import json
 import os
-import threading
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Optional, Tuple
 
+from doctor.memo import JsonMemo
 from doctor.model import Need
 
 HF_SAFE = "model.safetensors"
@@ -43,38 +42,20 @@ def _version(pkg: str) -> str:
         return "absent"
 
 
-class Resolver:
-    """Memoising resolver; thread-safe; `save()` writes the memo back."""
-
-    def __init__(self, memo_path: Optional[str] = None):
-        self.memo_path = memo_path
-        self._lock = threading.Lock()
-        self._dirty = False
-        self._memo = {}
-        if memo_path:
-            try:
-                with open(memo_path, encoding="utf-8") as f:
-                    self._memo = json.load(f)
-            except (OSError, ValueError):
-                self._memo = {}
+class Resolver(JsonMemo):
+    """Memoising resolver (a JsonMemo keyed by library version and name); thread-safe."""
 
     def _cached(self, key: str, compute):
-        with self._lock:
-            if key in self._memo:
-                hit = self._memo[key]
-                if "error" in hit:
-                    raise ResolveError(hit["error"])
-                return hit
-        try:
-            value = compute()
-        except ResolveError as e:
-            value = {"error": str(e)}
-        with self._lock:
-            self._memo[key] = value
-            self._dirty = True
-        if "error" in value:
-            raise ResolveError(value["error"])
-        return value
+        hit = self.get(key)
+        if hit is None:
+            try:
+                hit = compute()
+            except ResolveError as e:
+                hit = {"error": str(e)}
+            self.put(key, hit)
+        if "error" in hit:
+            raise ResolveError(hit["error"])
+        return hit
 
     def resolve(self, need: Need) -> Resolved:
         if need.kind == "timm":
@@ -94,25 +75,6 @@ class Resolver:
             return Resolved("hf", repo_id=need.spec["hf"], revision=need.spec.get("revision") or "main",
                             files=tuple(need.spec["files"]))
         raise ResolveError(f"{need.kind} needs are not resolved to hub files")
-
-    def save(self) -> None:
-        if not (self.memo_path and self._dirty):
-            return
-        try:
-            os.makedirs(os.path.dirname(self.memo_path), exist_ok=True)
-            tmp = f"{self.memo_path}.{os.getpid()}.tmp"
-            with self._lock, open(tmp, "w", encoding="utf-8") as f:
-                json.dump(self._memo, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.memo_path)
-            self._dirty = False
-        except OSError:
-            pass
-
-
-def default_memo_path() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "mutation-preflight", "resolve.json")
-
 
 def _timm_cfg(name: str) -> dict:
     try:

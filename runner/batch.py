@@ -141,10 +141,10 @@ class Batch:
         children use, the repos (checkpoints, logs), the doctor's memo folder (under `sudo -E`)."""
         if self.owner is None or not self.owner[3]:
             return []
-        from doctor.hubcache import default_memo_path
+        from doctor.memo import memo_dir
 
         prefix = self.owner[3].rstrip("/") + "/"
-        roots = {os.path.dirname(default_memo_path())}
+        roots = {memo_dir(self.ctx.options)}
         for pf in self.preflights.values():
             roots.update((pf.child.launch.hf_cache, pf.child.launch.torch_hub))
         for job in self.jobs:

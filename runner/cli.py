@@ -305,21 +305,10 @@ def run(args) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from doctor.cli import UsageError
-    from doctor.registry import SettingsError
+    from doctor.cli import guarded
 
     argv: List[str] = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-        return run(args)
-    except (UsageError, SettingsError) as e:
-        print(f"mutation-run: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("mutation-run: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 1
+    return guarded("mutation-run", lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":  # pragma: no cover

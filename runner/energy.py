@@ -103,7 +103,7 @@ def read_metrics(exp_dir: str) -> Dict[str, float]:
                + f"Total CPU Energy (Joules): {out['cpu_energy_total_joules']:.2f}\n\n"
                "Note: Measured using perf stat with direct command wrapping\n")
     try:
-        from runner.results import write_atomic
+        from doctor.memo import write_atomic
 
         write_atomic(os.path.join(exp_dir, "energy", "cpu_energy.txt"), summary.encode(), durable=False)
     except OSError:

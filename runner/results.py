@@ -18,6 +18,8 @@ import json
 import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from doctor.memo import write_atomic
+
 FORMAT_VERSION = 1
 STATUSES = ("passed", "failed", "blocked", "interrupted")
 FIXED_COLUMNS = ("experiment_id", "timestamp", "repository", "model", "training_success", "duration_seconds", "retries")
@@ -35,18 +37,6 @@ ENERGY_COLUMNS = (
     ("energy_gpu_util_avg_percent", "gpu_util_avg_percent"),
     ("energy_gpu_util_max_percent", "gpu_util_max_percent"),
 )
-
-
-def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
-    """Readers see the old content or the new, never a part. `durable`: fsync before the rename
-    (experiment.json); summary.csv skips it, since it is rebuilt from the records at every write."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -141,12 +141,10 @@ def rerun_settings(report: BatchReport, name: str = "") -> Dict[str, Any]:
 
 def write_rerun(report: BatchReport, path: str) -> int:
     """Write the rerun settings file atomically; returns the number of entries."""
+    from doctor.memo import write_atomic
+
     data = rerun_settings(report)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return len(data["experiments"])
 
 
