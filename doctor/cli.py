@@ -128,12 +128,18 @@ def run_check_command(args) -> int:
         with err.status("checking…") as status:
             report = run_doctor(ctx, progress=lambda c, _: status.update(f"checked: {c.title}"))
     if args.markdown:
-        Path(args.markdown).write_text(render.to_markdown(report), encoding="utf-8")
+        try:
+            Path(args.markdown).write_text(render.to_markdown(report), encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"--markdown {args.markdown}: {e.strerror}") from None
     if args.json:
         json.dump(render.to_json(report), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
-        render.render_terminal(report, Console(highlight=False, soft_wrap=True), verbose=args.verbose)
+        out = Console(highlight=False, soft_wrap=True)
+        if not out.is_terminal:  # piped or redirected: no terminal width to fit, keep ids whole
+            out = Console(highlight=False, soft_wrap=True, width=200)
+        render.render_terminal(report, out, verbose=args.verbose)
     return report.exit_code
 
 

@@ -30,6 +30,7 @@ def test_help_does_not_import_torch():
     (["--only", "cache,bogus"], "unknown group bogus"),
     (["--launch", "doas"], "expected current, sudo"),
     (["--project-root", "/nonexistent/dir"], "not a folder"),
+    (["--only", "settings", "--markdown", "/nonexistent/dir/report.md"], "No such file or directory"),
 ])
 def test_usage_errors_are_one_line_exit_2(args, needle):
     p = doctor(*args)
@@ -80,3 +81,13 @@ def test_a_crashing_check_is_reported_not_fatal(tmp_path):
     crashed = [f for f in data["findings"] if f["id"] == "settings.boom.crashed"]
     assert crashed and crashed[0]["status"] == "error"
     assert "traceback" not in json.dumps(crashed[0]["data"])
+
+
+def test_markdown_report_and_piped_table_keep_whole_ids(tmp_path):
+    md = tmp_path / "report.md"
+    p = doctor("-ec", "settings/demo.json", "--only", "settings,cache", "--markdown", str(md),
+               env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert p.returncode == 1
+    assert "demo_timm_resnet18_003 " in p.stdout and "…" not in p.stdout  # piped: no cropping
+    text = md.read_text()
+    assert text.startswith("# mutation-doctor report") and "| demo_timm_resnet18_003 | default | blocked | cache.hub.missing |" in text
