@@ -63,6 +63,8 @@ def _fixes(ctx, s: NeedState) -> List[str]:
     if n.kind == "path":
         if s.problem == "lfs-pointer":
             return [_q("git", "-C", n.repo_dir, "lfs", "pull")]
+        if s.problem == "no-answer":
+            return [_q("findmnt", "-T", s.path) + "  # the mount that does not answer: remount it (see system.mount.stale)"]
         return [f"put the {n.spec.get('kind', 'file')} at {n.resolved_path} (declared in the registry's requires for {n.repo})"]
     if n.kind == "python":
         parts = n.spec["python"].split("/")

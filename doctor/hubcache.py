@@ -11,6 +11,7 @@ import json
 import os
 import re
 import stat
+import threading
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -21,6 +22,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _TORCH_HASH = re.compile(r"-([a-f0-9]+)\.")
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
+STAT_TIMEOUT = 5.0  # seconds a local path may take to answer a stat
 
 
 @dataclass(frozen=True)
@@ -208,10 +210,34 @@ def _listdir(d: str) -> Tuple[str, ...]:
         return ()
 
 
-def inspect_path(path: str, kind: str = "file") -> FileState:
+def stat_within(path: str, timeout: float = STAT_TIMEOUT) -> os.stat_result:
+    """os.stat in a daemon thread: a network mount that no longer answers raises TimeoutError
+    instead of hanging the doctor (the thread stays blocked; it does not keep the process alive)."""
+    box = {}
+
+    def run():
+        try:
+            box["st"] = os.stat(path)
+        except OSError as e:
+            box["err"] = e
+
+    t = threading.Thread(target=run, name=f"stat {path}", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise TimeoutError(path)
+    if "err" in box:
+        raise box["err"]
+    return box["st"]
+
+
+def inspect_path(path: str, kind: str = "file", timeout: float = STAT_TIMEOUT) -> FileState:
     """A local dataset, model folder or file: exists, readable, non-empty, not a Git LFS pointer."""
     try:
-        st = os.stat(path)
+        st = stat_within(path, timeout)
+    except TimeoutError:
+        return FileState(BROKEN, path, problem="no-answer",
+                         detail=f"{path}: no answer within {timeout:.0f} s (a network mount that hangs?)")
     except FileNotFoundError:
         return FileState(MISSING, path, detail=f"{path} does not exist")
     except PermissionError:

@@ -184,3 +184,13 @@ def test_dataset_on_a_mount_that_does_not_answer(hung_mount, tmp_path):
     assert f.status == FAIL and f.data["mount_point"] == str(hung_mount) and "no answer within 1 s" in f.detail
     assert "deadserver:/export fuse" in f.detail
     assert f.fix == (f"sudo umount -l {hung_mount} && sudo mount {hung_mount}",)
+
+
+def test_cache_group_does_not_hang_on_a_dead_mount(hung_mount, tmp_path):
+    """The cache group stats dataset paths too: bounded, reported as broken, the doctor goes on."""
+    from doctor import hubcache
+
+    t0 = time.monotonic()
+    state = hubcache.inspect_path(str(hung_mount / "cifar10"), "dataset", timeout=1.0)
+    assert time.monotonic() - t0 < 3
+    assert (state.status, state.problem) == ("broken", "no-answer") and "no answer within 1 s" in state.detail
