@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -71,6 +72,24 @@ def hrnet_hf_cache(hub_server, tmp_path_factory) -> Path:
     with ``shutil.copytree(..., symlinks=True)`` before breaking anything)."""
     cache = tmp_path_factory.mktemp("hrnet-hf-cache")
     caches.populate_hf_cache(hub_server.url, cache, HRNET_REPO, "model.safetensors")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_cache_template(hub_server, tmp_path_factory) -> Path:
+    """A HF hub cache holding ``org/tiny`` (config.json + LFS model.safetensors), written by the real
+    client. Read-only: use ``tiny_cache`` for a copy to break."""
+    cache = tmp_path_factory.mktemp("tiny-cache")
+    for name in ("config.json", "model.safetensors"):
+        caches.populate_hf_cache(hub_server.url, cache, TINY_REPO, name)
+    return cache
+
+
+@pytest.fixture
+def tiny_cache(tiny_cache_template, tmp_path) -> Path:
+    """A private copy of ``tiny_cache_template`` (links kept as links), free to break."""
+    cache = tmp_path / "hub"
+    shutil.copytree(tiny_cache_template, cache, symlinks=True)
     return cache
 
 

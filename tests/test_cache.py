@@ -16,21 +16,10 @@ from tests.support import HRNET_REPO, TINY_REPO, caches
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_cache(hub_server, tmp_path_factory):
-    """org/tiny (config.json + LFS model.safetensors) downloaded by the real client."""
-    cache = tmp_path_factory.mktemp("tiny-cache")
-    caches.populate_hf_cache(hub_server.url, cache, TINY_REPO, "config.json")
-    caches.populate_hf_cache(hub_server.url, cache, TINY_REPO, "model.safetensors")
-    return cache
-
-
 @pytest.fixture
-def cache(tiny_cache, tmp_path):
-    """A private copy to break."""
-    dst = tmp_path / "hub"
-    shutil.copytree(tiny_cache, dst, symlinks=True)
-    return dst
+def cache(tiny_cache):
+    """org/tiny downloaded by the real client: a private copy to break."""
+    return tiny_cache
 
 
 def inspect(cache, filename="model.safetensors", **kw):

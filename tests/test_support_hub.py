@@ -121,21 +121,6 @@ def test_timm_offline_with_empty_cache_fails_fast(tmp_path, clean_env):
 
 
 # -- corruption helpers --------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_cache_template(hub_server, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("tiny-cache")
-    for name in ("config.json", "model.safetensors"):
-        caches.populate_hf_cache(hub_server.url, cache, TINY_REPO, name)
-    return cache
-
-
-@pytest.fixture
-def tiny_cache(tiny_cache_template, tmp_path):
-    cache = tmp_path / "hub"
-    shutil.copytree(tiny_cache_template, cache, symlinks=True)
-    return cache
-
-
 def test_delete_blob_leaves_a_dangling_link(tiny_cache):
     blob = caches.delete_blob(tiny_cache, TINY_REPO, "model.safetensors")
     link = caches.hf_snapshot_path(tiny_cache, TINY_REPO, "model.safetensors")
