@@ -3,20 +3,15 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import sys
 from typing import List
 
-from doctor.commands import doctor_command, prefetch_fix, run_command
-from doctor.context import NeedState
+from doctor.commands import doctor_command, prefetch_fix, quote, run_command
+from doctor.context import DOWNLOADED_KINDS, NeedState
 from doctor.hubcache import BROKEN, MISSING, UNREADABLE
 from doctor.model import FAIL, OK, WARN, Finding
 
 _AREA = {"timm": "hub", "hf": "hub", "torchvision": "torchhub", "path": "path", "python": "python"}
-
-
-def _q(*words: str) -> str:
-    return " ".join(shlex.quote(w) for w in words)
 
 
 def _what(s: NeedState) -> str:
@@ -28,8 +23,8 @@ def _what(s: NeedState) -> str:
     if r is not None:
         return f"{n.kind} {n.spec[n.kind]} ({r.filename})"
     if n.kind == "path":
-        return f"{n.spec.get('kind', 'file')} {n.resolved_path}"
-    return f"interpreter {n.spec['python']}"
+        return f"{n.spec.get('kind', 'file')} {s.path}"
+    return f"interpreter {s.path}"
 
 
 def _hub_fixes(ctx, s: NeedState) -> List[str]:
@@ -55,24 +50,24 @@ def _hub_fixes(ctx, s: NeedState) -> List[str]:
 
 def _fixes(ctx, s: NeedState) -> List[str]:
     n = s.need
-    if n.kind in ("timm", "hf", "torchvision") and s.resolved is not None:
+    if n.kind in DOWNLOADED_KINDS and s.resolved is not None:
         fixes = _hub_fixes(ctx, s)
         if s.status == BROKEN and s.files and s.files[0].blob:
             fixes.insert(0, f"rm -f {shlex.quote(s.path)} {shlex.quote(s.files[0].blob)}  # remove the broken copy, then fetch it again")
         return fixes
     if n.kind == "path":
         if s.problem == "lfs-pointer":
-            return [_q("git", "-C", n.repo_dir, "lfs", "pull")]
+            return [quote("git", "-C", n.repo_dir, "lfs", "pull")]
         if s.problem == "no-answer":
-            return [_q("findmnt", "-T", s.path) + "  # the mount that does not answer: remount it (see system.mount.stale)"]
-        return [f"put the {n.spec.get('kind', 'file')} at {n.resolved_path} (declared in the registry's requires for {n.repo})"]
+            return [quote("findmnt", "-T", s.path) + "  # the mount that does not answer: remount it (see system.mount.stale)"]
+        return [f"put the {n.spec.get('kind', 'file')} at {s.path} (declared in the registry's requires for {n.repo})"]
     if n.kind == "python":
-        parts = n.spec["python"].split("/")
+        parts = s.path.split("/")
         if "envs" in parts and len(parts) > parts.index("envs") + 1:
-            return [_q("conda", "create", "-y", "-n", parts[parts.index("envs") + 1], "python=3.10")]
+            return [quote("conda", "create", "-y", "-n", parts[parts.index("envs") + 1], "python=3.10")]
         if s.problem == "not-executable":
-            return [_q("chmod", "+x", n.spec["python"])]
-        return [f"install the interpreter at {n.spec['python']}, or correct the registry's requires"]
+            return [quote("chmod", "+x", s.path)]
+        return [f"install the interpreter at {s.path}, or correct the registry's requires"]
     return []
 
 
@@ -97,7 +92,7 @@ def check_needs(ctx):
             out.append(Finding(
                 id="cache.permission", group="cache", status=FAIL, title=f"{what}: the launched process may not read it",
                 detail=f"{s.detail}; the launched process runs as {ctx.launch.user}, like this doctor",
-                fix=(_q("ls", "-ld", s.path) + "  # then give read access to " + ctx.launch.user,),
+                fix=(quote("ls", "-ld", s.path) + "  # then give read access to " + ctx.launch.user,),
                 experiments=s.experiments, data=data))
             continue
         if s.status == UNREADABLE:
@@ -109,7 +104,7 @@ def check_needs(ctx):
         detail = s.detail
         if s.found_elsewhere:
             detail += "; present in " + "; ".join(f"{w} ({label})" for label, w in s.found_elsewhere)
-        allow = getattr(ctx.options, "allow_download", False) and s.status == MISSING and s.need.kind in ("timm", "hf", "torchvision")
+        allow = getattr(ctx.options, "allow_download", False) and s.status == MISSING and s.need.kind in DOWNLOADED_KINDS
         out.append(Finding(id=f"cache.{area}.{'missing' if s.status == MISSING else 'broken'}", group="cache",
                            status=WARN if allow else FAIL,
                            title=f"{what} {'missing' if s.status == MISSING else 'broken (' + s.problem + ')'}"
@@ -126,11 +121,11 @@ def check_leftovers(ctx):
         return None
     return Finding(id="cache.leftovers", group="cache", status=WARN,
                    title=f"{len(left)} interrupted download(s) left in the cache",
-                   detail="; ".join(left[:5]), fix=(_q("rm", "-f", *left),), data={"paths": left})
+                   detail="; ".join(left[:5]), fix=(quote("rm", "-f", *left),), data={"paths": left})
 
 
 _DEEP_SCRIPT = r"""
-import sys, json
+import sys
 kind, name, extra = sys.argv[1], sys.argv[2], sys.argv[3]
 if kind == "timm":
     import timm
@@ -140,6 +135,19 @@ else:
     torchvision.models.get_model(name, weights=extra)
 print("LOADED")
 """
+
+
+def _interpreter_for(ctx, s: NeedState) -> str:
+    """The interpreter the experiments needing `s` run with (their side's python need), else ours."""
+    for e in ctx.experiments:
+        if e.id not in s.experiments:
+            continue
+        for side in e.sides:
+            if any(n.key == s.need.key for n in side.needs):
+                py = next((n for n in side.needs if n.kind == "python"), None)
+                if py is not None:
+                    return py.path_for(ctx.launch.home)
+    return sys.executable
 
 
 def check_deep_load(ctx):
@@ -156,8 +164,7 @@ def check_deep_load(ctx):
         n = s.need
         if n.kind not in ("timm", "torchvision") or not s.present:
             continue
-        pythons = [m.spec["python"] for m in ctx.registry.needs_for(n.repo, "*") if m.kind == "python"]
-        python = os.path.expanduser(pythons[0]) if pythons else sys.executable
+        python = _interpreter_for(ctx, s)
         name = n.spec[n.kind] + (f".{n.spec['tag']}" if n.kind == "timm" and n.spec.get("tag") else "")
         extra = n.spec.get("weights") or ("IMAGENET1K_V1" if n.spec.get("pretrained") else "DEFAULT")
         jobs.append((s, [python, "-c", _DEEP_SCRIPT, n.kind, name, extra]))
@@ -181,7 +188,7 @@ def check_deep_load(ctx):
                            experiments=s.experiments, data={"need": s.need.key, "python": argv[0]})
         return Finding(id="cache.deep.load-failed", group="cache", status=FAIL, title=f"{what} does not load offline",
                        detail=mask_text(tail, env), experiments=s.experiments,
-                       fix=(_q(argv[0], "-c", f"import {s.need.kind}") + "  # check the interpreter, then re-run with --deep -v",),
+                       fix=(quote(argv[0], "-c", f"import {s.need.kind}") + "  # check the interpreter, then re-run with --deep -v",),
                        data={"need": s.need.key, "python": argv[0]})
 
     with ThreadPoolExecutor(max_workers=2) as pool:

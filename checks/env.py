@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from doctor.commands import run_command
+from doctor.context import HUB_KINDS
 from doctor.launch import (REFUSED_NOTE, RELEVANT_VARS, hf_cache_dir, is_offline, parse_launch, torch_hub_dir,
                            which)
 from doctor.model import FAIL, OK, WARN, Finding
 from doctor.secrets import is_secret_name, mask
 
-HUB_KINDS = ("timm", "hf")
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
               "no_proxy")
@@ -64,7 +64,7 @@ class CacheMove:
         label, noun = AREA_LABEL[self.area]
         text = f"{label} moves from {self.before} to {self.after}"
         if not self.needed:
-            return text + f", which no experiment of the plan needs"
+            return text + ", which no experiment of the plan needs"
         plural = "s" if self.needed > 1 else ""
         if self.missing:
             text += f", where {len(self.missing)} of {self.needed} needed {noun}{plural} {'is' if len(self.missing) == 1 else 'are'} missing"

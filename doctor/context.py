@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 from doctor import hubcache
-from doctor.hubcache import BROKEN, MISSING, PRESENT, UNREADABLE, FileState
+from doctor.hubcache import PRESENT, UNREADABLE, FileState
 from doctor.launch import ask_sudo_default, other_cache_locations
 from doctor.memo import memo_dir
 from doctor.model import GROUPS, LaunchContext, Need
@@ -15,8 +15,9 @@ from doctor.plan import Plan
 from doctor.registry import Registry
 from doctor.resolve import Resolved, ResolveError, Resolver
 
-HUB_KINDS = ("timm", "hf")
-CACHE_KINDS = ("timm", "hf", "torchvision", "path", "python")
+HUB_KINDS = ("timm", "hf")  # needs served from the Hugging Face Hub
+DOWNLOADED_KINDS = HUB_KINDS + ("torchvision",)  # needs a library downloads into a cache
+CACHE_KINDS = DOWNLOADED_KINDS + ("path", "python")  # needs the cache group inspects
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class DoctorContext:
                     resolved: Optional[Resolved]) -> NeedState:
         status, main = _combine(files, resolved)
         elsewhere = ()
-        if status != PRESENT and need.kind in ("timm", "hf", "torchvision"):
+        if status != PRESENT and need.kind in DOWNLOADED_KINDS:
             elsewhere = self._elsewhere(need)
         return NeedState(need, status, path=main.path, detail=main.detail, problem=main.problem, experiments=ids,
                          files=files, resolved=resolved, found_elsewhere=elsewhere)

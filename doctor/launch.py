@@ -387,12 +387,9 @@ def other_cache_locations(ctx: LaunchContext) -> Tuple[Tuple[str, str, str], ...
     user's environment and this process's, excluding the launch context's own."""
     seen = {(ctx.hf_cache, ctx.torch_hub)}
     out = []
-    candidates = [("invoking user " + ctx.invoking_user, ctx.invoking_env or {}, ctx.invoking_home)]
-    if ctx.invoking_home and not ctx.invoking_env:
-        candidates.append((f"{ctx.invoking_user}'s default", {}, ctx.invoking_home))
-    candidates.append(("this shell", os.environ, os.environ.get("HOME", "")))
-    if ctx.invoking_home:
-        candidates.append((f"{ctx.invoking_user}'s default", {}, ctx.invoking_home))
+    candidates = [("invoking user " + ctx.invoking_user, ctx.invoking_env or {}, ctx.invoking_home),
+                  ("this shell", os.environ, os.environ.get("HOME", "")),
+                  (f"{ctx.invoking_user}'s default", {}, ctx.invoking_home)]
     for label, env, home in candidates:
         if not home:
             continue

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
-from doctor.context import NeedState
+from doctor.context import DOWNLOADED_KINDS, NeedState
 
 _SCRIPT = r"""
 import json, sys
@@ -121,7 +121,7 @@ def main(argv: List[str]) -> int:
     console = Console(stderr=args.json, highlight=False)
     launch = ctx.launch
     todo = [s for s in ctx.need_states().values()
-            if s.need.kind in ("timm", "hf", "torchvision") and s.resolved is not None and s.present is not True]
+            if s.need.kind in DOWNLOADED_KINDS and s.resolved is not None and s.present is not True]
     if not todo:
         console.print(f"[green]✓[/green] everything the plan needs is already in {escape(launch.hf_cache)} / "
                       f"{escape(launch.torch_hub)}")

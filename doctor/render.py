@@ -1,7 +1,6 @@
 """Renderers for a doctor Report: JSON (stable schema), terminal (rich) and Markdown."""
 from __future__ import annotations
 
-import os
 from typing import Dict, List
 
 from doctor.launch import RELEVANT_VARS, which

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Optional, Tuple
+from typing import Tuple
 
 from doctor.memo import JsonMemo
 from doctor.model import Need
