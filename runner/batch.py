@@ -16,14 +16,14 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from doctor.secrets import mask_text
 from runner import gpuwatch
-from runner.command import build_argv, executable_argv
+from runner.command import side_command
 from runner.energy import EnergyPlan
 from runner.energy import read_metrics as read_energy
 from runner.execute import TOKEN_VAR, Background, StopRequest, kill_stragglers, now_iso, run_attempt
 from runner.expand import Job
 from runner.launchenv import Preflight
 from runner.logtail import classify, error_excerpt, extract_metrics, read_tail
-from runner.results import Journal, experiment_record, journal_state, read_json, write_json, write_summary
+from runner.results import STATUSES, Journal, experiment_record, journal_state, read_json, write_json, write_summary
 
 LOG = "training.log"
 BG_LOG = "background.log"
@@ -113,13 +113,15 @@ class Batch:
         write_summary(os.path.join(self.run_dir, "summary.csv"), [self.records[i] for i in order])
         self._summary_at = time.monotonic()
 
-    def _give_back_run_dir(self) -> None:
+    def _give_back_run_dir(self) -> List[str]:
+        """Running as root for a sudo user: hand back what the run created in its results folder."""
         if self.owner is None:
-            return
+            return []
         from doctor.ownership import give_back
 
         uid, gid = self.owner[0], self.owner[1]
-        give_back([self.run_dir], uid, gid, since=self.since, within=os.path.dirname(os.path.dirname(self.run_dir)))
+        return list(give_back([self.run_dir], uid, gid, since=self.since,
+                              within=os.path.dirname(os.path.dirname(self.run_dir))).changed)
 
     def give_back_all(self) -> List[str]:
         """Running as root for a sudo user: hand back what the run created in the results folder,
@@ -129,8 +131,7 @@ class Batch:
         from doctor.ownership import give_back
 
         uid, gid, _user, home = self.owner
-        changed = list(give_back([self.run_dir], uid, gid, since=self.since,
-                                 within=os.path.dirname(os.path.dirname(self.run_dir))).changed)
+        changed = self._give_back_run_dir()
         roots = self.home_roots()
         if roots:
             changed += give_back(roots, uid, gid, since=self.since, within=home, before=self.before).changed
@@ -249,7 +250,7 @@ class Batch:
         self.write_summary()
         interrupted = self.stop.requested
         self.journal.write("run-end", interrupted=interrupted,
-                           counts={s: sum(o.status == s for o in self.outcomes) for s in ("passed", "failed", "blocked", "interrupted")})
+                           counts={s: sum(o.status == s for o in self.outcomes) for s in STATUSES})
         self.journal.close()
         self.journal = None
         return self.outcomes
@@ -261,20 +262,18 @@ class Batch:
         exp_dir = self._exp_dir(job)
         os.makedirs(exp_dir, exist_ok=True)
         spec = ctx.registry.repos[job.foreground.repo]
-        cwd = spec.path
-        argv = list(pf.child.prefix) + executable_argv(build_argv(spec, job.foreground.model, job.foreground.hyperparameters), cwd)
+        cmd, cwd = side_command(ctx.registry, job.foreground)
         timestamp = user_timestamp()
         token = f"{self.run_id}/{job.id}"
         bg_argv = bg_cwd = None
         if job.background is not None:
-            bspec = ctx.registry.repos[job.background.repo]
-            bg_cwd = bspec.path
-            bg_argv = list(pf.child.prefix) + executable_argv(
-                build_argv(bspec, job.background.model, job.background.hyperparameters), bg_cwd)
+            bg_cmd, bg_cwd = side_command(ctx.registry, job.background)
+            bg_argv = list(pf.child.prefix) + bg_cmd
         measured = self.energy.measures(job.id)
         if measured:
-            argv = list(pf.child.prefix) + self.energy.wrap(argv[len(pf.child.prefix):], exp_dir)
-        launch_rec = pf.child.record(argv=argv[len(pf.child.prefix):], cwd=cwd, extra_set={TOKEN_VAR: token})
+            cmd = self.energy.wrap(cmd, exp_dir)
+        argv = list(pf.child.prefix) + cmd
+        launch_rec = pf.child.record(argv=cmd, cwd=cwd, extra_set={TOKEN_VAR: token})
         if bg_argv:
             launch_rec["background_argv"] = bg_argv
             launch_rec["background_cwd"] = bg_cwd
@@ -283,8 +282,7 @@ class Batch:
             warnings.append(f"energy not measured: {self.energy.why_not}")
 
         if pf.verdict == "blocked" and opt.require_preflight:
-            fixes = list(dict.fromkeys(x for f in pf.findings if f.id in pf.blocked_by for x in f.fix))
-            self.say(f"[{i}/{total}] {job.id}: blocked by {', '.join(pf.blocked_by)}", fixes=fixes)
+            self.say(f"[{i}/{total}] {job.id}: blocked by {', '.join(pf.blocked_by)}", fixes=pf.fixes())
             rec = experiment_record(job=job, status="blocked", timestamp=timestamp, duration=0.0, exit_code=None,
                                     attempts=[], metrics={}, error_message="blocked by preflight: " + ", ".join(pf.blocked_by),
                                     error_excerpt=[], preflight=pf.record(), launch=launch_rec, warnings=warnings)
@@ -312,7 +310,6 @@ class Batch:
         if self.stop.requested:
             return None  # stopped while waiting for the GPU: not started, --resume runs it
         env = pf.child.popen_env()
-        env.pop(TOKEN_VAR, None)
         env[TOKEN_VAR] = token
         shown = " ".join(shlex.quote(a) for a in argv)
         note = "" if pf.verdict == "pass" else f" (preflight: blocked by {', '.join(pf.blocked_by)}; running anyway)"
@@ -363,6 +360,7 @@ class Batch:
                 transient, reason = classify(lines, res.exit_code, res.signal, res.timed_out)
                 if res.start_error:
                     transient, reason = False, res.start_error
+                reason = mask_text(reason, env)  # it quotes the log: it goes to the records and the terminal
                 if res.timed_out:
                     reason = f"timed out after {opt.timeout:g} s" + (f" ({reason})" if reason != "timeout" else "")
                 failure = reason
@@ -406,7 +404,7 @@ class Batch:
         elif status == "interrupted":
             message = f"interrupted: {failure}"
         else:
-            message = mask_text(failure, env) if failure else f"exit code {last.exit_code if last else None}"
+            message = failure or f"exit code {last.exit_code if last else None}"
         if bg is not None:
             bg_info = {"restarts": max(0, bg.starts - 1), "exits": bg.exits[-20:]}
             if bg.start_error:

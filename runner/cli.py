@@ -14,7 +14,7 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-FORMAT_VERSION = 1
+from runner.results import FORMAT_VERSION, STATUSES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,29 +136,24 @@ def _context(args, manifest: Optional[dict]):
 
 
 def _dry_run(args, ctx, jobs, preflights, seed, energy) -> int:
-    from doctor.secrets import mask_text
-    from runner.command import build_argv, executable_argv
+    from runner.command import side_command
 
     items = []
     for job in jobs:
         pf = preflights[job.id]
-        spec = ctx.registry.repos[job.foreground.repo]
-        argv = list(pf.child.prefix) + executable_argv(build_argv(spec, job.foreground.model, job.foreground.hyperparameters), spec.path)
+        cmd, cwd = side_command(ctx.registry, job.foreground)
         bg = None
         if job.background is not None:
-            bspec = ctx.registry.repos[job.background.repo]
+            bg_cmd, bg_cwd = side_command(ctx.registry, job.background)
             bg = {"repo": job.background.repo, "model": job.background.model,
                   "hyperparameters": dict(job.background.hyperparameters),
-                  "argv": list(pf.child.prefix) + executable_argv(
-                      build_argv(bspec, job.background.model, job.background.hyperparameters), bspec.path),
-                  "cwd": bspec.path}
-        rec = pf.child.record(argv=argv[len(pf.child.prefix):], cwd=spec.path)
-        fixes = [mask_text(x, pf.child.launch.env) for f in pf.findings if f.id in pf.blocked_by for x in f.fix]
+                  "argv": list(pf.child.prefix) + bg_cmd, "cwd": bg_cwd}
+        rec = pf.child.record(argv=cmd, cwd=cwd)
         items.append({"id": job.id, "mode": job.experiment.mode, "repo": job.foreground.repo, "model": job.foreground.model,
                       "hyperparameters": dict(job.foreground.hyperparameters), "verdict": pf.verdict,
-                      "blocked_by": list(pf.blocked_by), "fix": list(dict.fromkeys(fixes)),
+                      "blocked_by": list(pf.blocked_by), "fix": pf.fixes(),
                       "would_run": pf.verdict == "pass" or not args.require_preflight,
-                      "argv": rec["argv"], "cwd": spec.path, "env_set": rec["env_set"], "env_dropped": rec["env_dropped"],
+                      "argv": rec["argv"], "cwd": cwd, "env_set": rec["env_set"], "env_dropped": rec["env_dropped"],
                       "hf_cache": rec["hf_cache"], "torch_hub": rec["torch_hub"], "offline": rec["offline"],
                       "background": bg, "warnings": list(job.warnings),
                       "energy": ({"perf": energy.perf, "events": list(energy.events)} if energy.measures(job.id)
@@ -282,7 +277,7 @@ def run(args) -> int:
         changed = batch.give_back_all()
         if changed:
             say(f"gave {len(changed)} file(s) created as root back to {owner[2]}")
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("passed", "failed", "blocked", "interrupted")}
+    counts = {s: sum(o.status == s for o in outcomes) for s in STATUSES}
     not_started = len(jobs) - len(outcomes)
     say(f"summary: {counts['passed']} passed, {counts['failed']} failed, {counts['blocked']} blocked"
         + (f", {counts['interrupted']} interrupted" if counts["interrupted"] else "")

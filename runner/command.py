@@ -6,9 +6,9 @@ registry's order, floats printed `%.6f`, ints as integers, booleans as a bare fl
 from __future__ import annotations
 
 import os
-from typing import Any, List, Mapping
+from typing import Any, List, Mapping, Tuple
 
-from doctor.registry import RepoSpec
+from doctor.registry import Registry, RepoSpec
 
 
 def format_value(kind: str, value: Any) -> str:
@@ -55,3 +55,9 @@ def executable_argv(argv: List[str], cwd: str) -> List[str]:
         if script.endswith(".py"):
             return ["python3", *argv]
     return argv
+
+
+def side_command(registry: Registry, side) -> Tuple[List[str], str]:
+    """The argv (runnable as it is) and the cwd of one side of a job (a `runner.expand.SideRun`)."""
+    spec = registry.repos[side.repo]
+    return executable_argv(build_argv(spec, side.model, side.hyperparameters), spec.path), spec.path

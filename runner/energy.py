@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 PKG, RAM = "power/energy-pkg/", "power/energy-ram/"
 RAW = os.path.join("energy", "cpu_energy_raw.txt")

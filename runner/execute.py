@@ -295,9 +295,7 @@ class Background:
                 self._next_scan = now + DESCENDANT_SCAN
             return
         if self.proc is not None:
-            rc = self.proc.returncode
-            self.exits.append({"exit_code": rc if rc >= 0 else None, "signal": signal_name(-rc) if rc < 0 else None,
-                               "seconds": round(now - self._started_at, 3)})
+            self._record_exit(self.proc.returncode)
             _killpg(self.proc.pid, signal.SIGKILL)  # leftovers of the finished job
             self.proc = None
             if now - self._started_at < self.MIN_UPTIME:
@@ -308,6 +306,10 @@ class Background:
                 self._backoff = self.FIRST_BACKOFF
         if self._restart_at is not None and now >= self._restart_at:
             self.start()
+
+    def _record_exit(self, rc: int, **more) -> None:
+        self.exits.append({"exit_code": rc if rc >= 0 else None, "signal": signal_name(-rc) if rc < 0 else None,
+                           "seconds": round(time.monotonic() - self._started_at, 3), **more})
 
     def stop(self) -> None:
         """SIGTERM to the group, SIGKILL after the grace period; every group it ever had is killed."""
@@ -321,9 +323,7 @@ class Background:
         if self.proc is not None:
             _killpg(self.proc.pid, signal.SIGKILL)
             try:
-                rc = self.proc.wait(timeout=5)
-                self.exits.append({"exit_code": rc if rc >= 0 else None, "signal": signal_name(-rc) if rc < 0 else None,
-                                   "seconds": round(time.monotonic() - self._started_at, 3), "stopped": True})
+                self._record_exit(self.proc.wait(timeout=5), stopped=True)
             except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
                 pass
             self.proc = None

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from doctor.context import DoctorContext, NeedState
-from doctor.launch import hf_cache_dir, parse_launch, torch_hub_dir
+from doctor.launch import parse_launch
 from doctor.model import OK, Experiment, Finding, LaunchContext, Report
-from doctor.secrets import mask
+from doctor.secrets import mask, mask_text
+from runner.execute import TOKEN_VAR
 
 HUB_KINDS = ("timm", "hf", "torchvision")
 OFFLINE_VARS = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -74,10 +75,13 @@ class Preflight:
     needs: Tuple[dict, ...]
     child: ChildLaunch
 
+    def fixes(self) -> List[str]:
+        """The fixes of the findings that block it, once each, masked."""
+        env = self.child.launch.env
+        return list(dict.fromkeys(mask_text(x, env) for f in self.findings if f.id in self.blocked_by for x in f.fix))
+
     def record(self) -> dict:
         """The experiment.json `preflight` object."""
-        from doctor.secrets import mask_text
-
         env = self.child.launch.env
         return {"verdict": self.verdict, "blocked_by": list(self.blocked_by),
                 "findings": [{"id": f.id, "status": f.status, "title": mask_text(f.title, env),
@@ -108,8 +112,7 @@ def _python_changes(ctx: DoctorContext, e: Experiment) -> Dict[str, str]:
         return {}
     n = pythons[0]
     # `~` as the launched process sees it (its HOME), like the doctor's interpreter check
-    python = n.path_for(ctx.launch.home) if hasattr(n, "path_for") else os.path.expanduser(n.spec["python"])
-    folder = os.path.dirname(python)
+    folder = os.path.dirname(n.path_for(ctx.launch.home))
     path = ctx.launch.env.get("PATH", "")
     if path.split(os.pathsep)[:1] == [folder]:
         return {}
@@ -195,8 +198,8 @@ def preflight(ctx: DoctorContext, experiments: Sequence[Experiment], run_doctor:
         dropped: List[str] = []
         if "HF_HUB_CACHE" in env_set and "HUGGINGFACE_HUB_CACHE" in ctx.launch.env:
             dropped.append("HUGGINGFACE_HUB_CACHE")
-        if "MUTATION_RUN_ID" in ctx.launch.env:
-            dropped.append("MUTATION_RUN_ID")
+        if TOKEN_VAR in ctx.launch.env:
+            dropped.append(TOKEN_VAR)
         hub = [n for n in e.needs if n.kind in HUB_KINDS]
         st = states_for[e.id]
         if hub and all(st.get(n.key) is not None and st[n.key].status == "present" for n in hub):
@@ -230,6 +233,3 @@ def preflight(ctx: DoctorContext, experiments: Sequence[Experiment], run_doctor:
             out[e.id] = Preflight(experiment=e, verdict=v.verdict, blocked_by=v.blocked_by, findings=named,
                                   needs=_needs_record(e, states, base_states), child=child)
     return base_report, out
-
-
-__all__ = ["ChildLaunch", "Preflight", "preflight", "adjusted_launch", "hf_cache_dir", "torch_hub_dir"]

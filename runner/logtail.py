@@ -123,11 +123,6 @@ def error_excerpt(lines: Sequence[str], limit: int = 12) -> List[str]:
     return (errs or tail)[-min(limit, 5):]
 
 
-def final_exception(lines: Sequence[str]) -> Optional[str]:
-    chain = traceback_chain(lines)
-    return chain[-1][0] if chain else None
-
-
 def _match(table, text: str) -> Optional[str]:
     for pattern, reason in table:
         if re.search(pattern, text, re.MULTILINE):
@@ -135,8 +130,8 @@ def _match(table, text: str) -> Optional[str]:
     return None
 
 
-def classify(lines: Sequence[str], exit_code: Optional[int], signal: Optional[str], timed_out: bool,
-             killed_by_us: bool = False) -> Tuple[bool, str]:
+def classify(lines: Sequence[str], exit_code: Optional[int], signal: Optional[str],
+             timed_out: bool) -> Tuple[bool, str]:
     """(transient, reason) of a failed attempt, from how it ended and its log's tail."""
     if timed_out:
         return True, "timeout"
@@ -153,7 +148,7 @@ def classify(lines: Sequence[str], exit_code: Optional[int], signal: Optional[st
         reason = _match(TRANSIENT, text)
         if reason:
             return True, f"{reason}: {(chain[-1][0] if chain else text.splitlines()[0])[:300]}"
-    if signal and not killed_by_us:
+    if signal:
         return True, f"killed by {signal}"
     if exit_code in (137, 143) and not chain:
         return True, f"killed (exit code {exit_code})"

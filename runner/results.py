@@ -16,9 +16,10 @@ import csv
 import io
 import json
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from doctor.memo import write_atomic
+from runner.execute import now_iso
 
 FORMAT_VERSION = 1
 STATUSES = ("passed", "failed", "blocked", "interrupted")
@@ -60,8 +61,6 @@ class Journal:
         self._f = open(path, "a", encoding="utf-8")
 
     def write(self, event: str, **data: Any) -> None:
-        from runner.execute import now_iso
-
         line = json.dumps({"event": event, "at": now_iso(), **data}, ensure_ascii=False, default=str)
         self._f.write(line + "\n")
         self._f.flush()
@@ -134,12 +133,18 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def summary_rows(records: Sequence[Mapping[str, Any]]) -> List[Dict[str, str]]:
+def _names(records: Sequence[Mapping[str, Any]]) -> Tuple[List[str], List[str]]:
+    """The hyperparameter and metric names over all records, sorted (the variable columns)."""
     hp_names, perf_names = set(), set()
     for r in records:
         u = _user_part(r)
         hp_names |= set((u.get("hyperparameters") or {}).keys())
         perf_names |= set((u.get("performance_metrics") or {}).keys())
+    return sorted(hp_names), sorted(perf_names)
+
+
+def summary_rows(records: Sequence[Mapping[str, Any]]) -> List[Dict[str, str]]:
+    hp_names, perf_names = _names(records)
     rows = []
     for r in records:
         u = _user_part(r)
@@ -148,10 +153,10 @@ def summary_rows(records: Sequence[Mapping[str, Any]]) -> List[Dict[str, str]]:
                "training_success": _cell(bool(u.get("training_success"))),
                "duration_seconds": _cell(u.get("duration_seconds")), "retries": _cell(u.get("retries", 0))}
         hp = u.get("hyperparameters") or {}
-        for n in sorted(hp_names):
+        for n in hp_names:
             row[f"hyperparam_{n}"] = _cell(hp.get(n))
         perf = u.get("performance_metrics") or {}
-        for n in sorted(perf_names):
+        for n in perf_names:
             row[f"perf_{n}"] = _cell(perf.get(n))
         energy = u.get("energy_metrics") or {}
         for col, key in ENERGY_COLUMNS:
@@ -162,13 +167,9 @@ def summary_rows(records: Sequence[Mapping[str, Any]]) -> List[Dict[str, str]]:
 
 
 def summary_columns(records: Sequence[Mapping[str, Any]]) -> List[str]:
-    hp_names, perf_names = set(), set()
-    for r in records:
-        u = _user_part(r)
-        hp_names |= set((u.get("hyperparameters") or {}).keys())
-        perf_names |= set((u.get("performance_metrics") or {}).keys())
-    return (list(FIXED_COLUMNS) + [f"hyperparam_{n}" for n in sorted(hp_names)]
-            + [f"perf_{n}" for n in sorted(perf_names)] + [c for c, _ in ENERGY_COLUMNS] + ["status"])
+    hp_names, perf_names = _names(records)
+    return (list(FIXED_COLUMNS) + [f"hyperparam_{n}" for n in hp_names]
+            + [f"perf_{n}" for n in perf_names] + [c for c, _ in ENERGY_COLUMNS] + ["status"])
 
 
 def write_summary(path: str, records: Sequence[Mapping[str, Any]]) -> None:

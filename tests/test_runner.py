@@ -98,6 +98,21 @@ def test_argv_like_mutation_py():
     assert format_value("float", 0.1) == "0.100000" and format_value("int", 7.6) == "8"
 
 
+def test_a_train_script_that_lost_its_executable_bit_runs_through_its_interpreter(tmp_path):
+    import dataclasses
+
+    from runner.command import side_command
+    from runner.expand import SideRun
+
+    spec = dataclasses.replace(REGISTRY.repos["MRT-OAST"], path=str(tmp_path))
+    reg = dataclasses.replace(REGISTRY, repos={**REGISTRY.repos, "MRT-OAST": spec})
+    side = SideRun("MRT-OAST", "default", {})
+    (tmp_path / "train.sh").write_text("#!/bin/bash\n")
+    assert side_command(reg, side) == (["bash", "./train.sh"], str(tmp_path))  # a copy that lost chmod +x
+    (tmp_path / "train.sh").chmod(0o755)
+    assert side_command(reg, side) == (["./train.sh"], str(tmp_path))
+
+
 # -- log reading ----------------------------------------------------------------------------------
 SSL_UNDER_CACHE_MISS = """\
 Loading model hrnet_w18

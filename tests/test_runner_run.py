@@ -460,3 +460,18 @@ def test_registry_interpreter_comes_first_on_the_childs_path(tmp_path, env):
     r = record(root, "r_m_001")
     assert r["launch"]["env_set"]["PATH"].split(os.pathsep)[0] == str(pybin)
     assert f"python={pybin / 'python'}" in (run_dir(root) / "r_m_001" / "training.log").read_text()
+
+
+def test_a_secret_in_the_failure_stays_out_of_records_journal_and_status_lines(tmp_path, env):
+    secret = "s3cr3t-value-of-the-key"
+    script = f'#!/bin/bash\nexec {PY} -c "import os; raise KeyError(os.environ[\'MY_API_KEY\'])"\n'
+    root = make_project(tmp_path, {"r": {"script": script}}, [entry()])
+    p = run(root, "-q", env=dict(env, MY_API_KEY=secret))
+    assert p.returncode == 1
+    rd = run_dir(root)
+    assert secret in (rd / "r_m_001" / "training.log").read_text()  # the experiment's own log is left as it is
+    r = record(root, "r_m_001")
+    assert r["error_excerpt"] == ["KeyError: '***'"] and "KeyError: '***'" in r["attempts"][0]["not_retried"]
+    assert "KeyError: '***'" in p.stderr  # the outcome line names the real exception, masked
+    for text in (p.stdout, p.stderr, *(f.read_text() for f in rd.rglob("*") if f.is_file() and f.name != "training.log")):
+        assert secret not in text
