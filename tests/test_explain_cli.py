@@ -107,6 +107,22 @@ def test_terminal_output_and_verbose(tmp_path, capsys):
     assert "evidence" in out and "training.log:3" in out and "✓ ok" in out
 
 
+def test_piped_report_keeps_fix_commands_whole(tmp_path):
+    run = tmp_path / "run_1"
+    _exp(run, "bad_" + "x" * 90, log="Traceback (most recent call last):\n  File \"t.py\", line 1, in <module>\n"
+                                    "ModuleNotFoundError: No module named 'sklearn'\n", training_success=False,
+         error_message="Error pattern found: Training.*FAILED")
+    broken = run / ("broken_" + "y" * 80)
+    broken.mkdir()
+    (broken / "experiment.json").write_text("{ truncated")
+    r = _run(str(run))
+    assert r.returncode == 1, r.stderr
+    lines = r.stdout.splitlines()
+    assert any(ln.strip() == "python3 -m pip install scikit-learn" for ln in lines), r.stdout
+    assert any(ln.strip() == f"cat {broken / 'experiment.json'}" for ln in lines), r.stdout
+    assert any(("bad_" + "x" * 90) in ln for ln in lines), r.stdout
+
+
 def test_secrets_never_appear(tmp_path, capsys):
     run = tmp_path / "run_1"
     token = "hf_" + "Ab3" * 10
@@ -221,3 +237,20 @@ def test_odd_records_never_crash_the_batch(tmp_path):
     json.dumps(to_json(r))
     json.dumps(rerun_settings(r))
     render_markdown(r, "rerun.json")
+
+
+def test_fixes_name_the_path_from_the_message(tmp_path):
+    run = tmp_path / "run_1"
+    data = tmp_path / "data"
+    data.mkdir()
+    tb = 'Traceback (most recent call last):\n  File "train.py", line 9, in <module>\n'
+    _exp(run, "nodata", log=tb + f"FileNotFoundError: [Errno 2] No such file or directory: '{data}/mnist.npz'\n",
+         training_success=False)
+    _exp(run, "denied", log=tb + f"PermissionError: [Errno 13] Permission denied: '{data}'\n",
+         training_success=False)
+    _exp(run, "shell", log="epoch 1\nbash: /srv/out/log.txt: Permission denied\n", training_success=False)
+    by_id = {e.experiment_id: e for e in explain_path(str(run)).explanations}
+    assert by_id["nodata"].cause_id == "data.missing" and f"ls -l {data}/mnist.npz" in by_id["nodata"].fix
+    assert by_id["denied"].cause_id == "permission.denied"
+    assert f"ls -ld {data}" in by_id["denied"].fix  # a folder: itself, not its parent
+    assert by_id["shell"].cause_id == "permission.denied" and "ls -ld /srv/out" in by_id["shell"].fix

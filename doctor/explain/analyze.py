@@ -21,15 +21,10 @@ from doctor.explain import catalogue as cat
 from doctor.explain.knowledge import Knowledge, WeightsNeed
 from doctor.explain.model import (BLOCKED, FAILED, INDIRECT, SUCCEEDED, SUSPICIOUS, BatchReport,
                                   Cause, Evidence, Explanation, NeedUse)
-from doctor.explain.readers import (DEFAULT_CAP, FIRST_BLOCK, SUCCESS_BLOCK, JsonRecord, Tail, clean_line,
-                                    find_experiments, read_experiment_json, read_small_text)
-from doctor.explain.traceback import Chain, ExceptionRecord, all_headers, find_fatal
-
-try:  # masking lives in doctor.secrets
-    from doctor.secrets import mask_text
-except ImportError:  # pragma: no cover
-    def mask_text(text, env=()):
-        return text
+from doctor.explain.readers import (DEFAULT_CAP, FIRST_BLOCK, SUCCESS_BLOCK, ExplainInputError, JsonRecord, Tail,
+                                    clean_line, find_experiments, read_experiment_json, read_small_text)
+from doctor.explain.traceback import Chain, ExceptionRecord, find_fatal
+from doctor.secrets import mask_text
 
 TB_MARK = "Traceback (most recent call last)"
 TB_MARK_B = TB_MARK.encode()
@@ -289,22 +284,22 @@ class Analyzer:
     # ----------------------------------------------------------------- entry
 
     def explain(self, folder: str, rec: JsonRecord, run: RunContext) -> Explanation:
-        eid = os.path.basename(folder)
         if rec.data is None:
-            return Explanation(
-                eid, folder, FAILED, Cause("unknown", cat.BY_ID["unknown"].title, 0.1),
-                (Evidence("experiment.json", None, rec.error),),
-                (f"experiment.json could not be read ({rec.error}); the experiment's outcome is unknown.",),
-                (f"cat {rec.path}",), run=run.folder)
+            return _unexplained(folder, rec, run, rec.error,
+                                f"experiment.json could not be read ({rec.error}); the experiment's outcome is unknown.")
         try:
             return _One(self, folder, rec, run).explain()
         except Exception as exc:  # a record shaped in a way nobody foresaw: report it, go on
-            where = traceback_location(exc)
-            return Explanation(
-                eid, folder, FAILED, Cause("unknown", cat.BY_ID["unknown"].title, 0.1),
-                (Evidence("experiment.json", None, f"could not be explained: {type(exc).__name__}: {exc}"),),
-                (f"The explanation itself failed on this folder ({type(exc).__name__} at {where}); "
-                 "its outcome is unknown.",), (f"cat {rec.path}",), run=run.folder)
+            return _unexplained(folder, rec, run, f"could not be explained: {type(exc).__name__}: {exc}",
+                                f"The explanation itself failed on this folder ({type(exc).__name__} at "
+                                f"{traceback_location(exc)}); its outcome is unknown.")
+
+
+def _unexplained(folder: str, rec: JsonRecord, run: RunContext, evidence: str, step: str) -> Explanation:
+    """A failed experiment whose outcome is unknown: its record could not be read or explained."""
+    return Explanation(
+        os.path.basename(folder), folder, FAILED, Cause("unknown", cat.BY_ID["unknown"].title, 0.1),
+        (Evidence("experiment.json", None, evidence),), (step,), (f"cat {rec.path}",), run=run.folder)
 
 
 class _One:
@@ -629,7 +624,7 @@ class _One:
         f["where"] = s.where(rec.index)
         f["log_path"] = s.path
         self._fill_from_window(s, cid)
-        self._fill_from_exception(cid, rec, ch, s)
+        self._fill_from_exception(cid, rec, ch)
         return self.sharpen(cid, 0.9)
 
     def unknown_from_chain(self, s: LogScan) -> Tuple[str, float]:
@@ -655,7 +650,7 @@ class _One:
             if cid:
                 self.evidence.append(Evidence("experiment.json", line0, "error_excerpt: " + rec.line_text))
                 self.facts.update(exc=rec.line_text, fatal=ch.fatal.line_text, where="experiment.json error_excerpt")
-                self._fill_from_exception(cid, rec, ch, None)
+                self._fill_from_exception(cid, rec, ch)
                 return self.sharpen(cid, 0.8)
         for ln in reversed(lines):
             cid = cat.classify_text(ln.strip())
@@ -697,8 +692,7 @@ class _One:
                     p.endswith(".partial") for p in _listdir(os.path.dirname(m.group(2)))):
                 f["partial_sentence"] = "A *.partial file was left behind in the checkpoints folder; delete it."
 
-    def _fill_from_exception(self, cid: str, rec: ExceptionRecord, ch: Optional[Chain],
-                             s: Optional[LogScan]) -> None:
+    def _fill_from_exception(self, cid: str, rec: ExceptionRecord, ch: Optional[Chain]) -> None:
         f = self.facts
         msg = rec.full_message
         if cid == "hub.cache-miss":
@@ -718,14 +712,7 @@ class _One:
             top = mod.split(".")[0]
             f["module_pkg"] = cat.PIP_NAMES.get(top, top)
         if cid in ("data.missing", "python.interpreter-missing", "permission.denied"):
-            p = cat.missing_path(msg)
-            if p:
-                key = {"data.missing": "missing_path", "python.interpreter-missing": "python_path",
-                       "permission.denied": "denied_path"}[cid]
-                f[key] = p
-                f["missing_path_or_file"] = p
-                if cid == "permission.denied":
-                    f["denied_dir"] = p if os.path.isdir(p) else os.path.dirname(p) or p
+            self._path_facts(cid, cat.missing_path(msg))
         if cid.startswith("cuda.oom"):
             m = re.search(r"Tried to allocate [^.;]+(?:\.\d+)? ?[GMK]iB[^)\n]*\)?", msg)
             if m:
@@ -746,17 +733,23 @@ class _One:
             if m:
                 f["python_path"] = m.group(1).rstrip(":'")
         if cid in ("data.missing", "permission.denied"):
-            p = cat.missing_path(line) or (re.search(r"(/\S+)", line).group(1) if re.search(r"(/\S+)", line) else "")
-            if p:
-                p = p.rstrip(":'")
-                f["missing_path" if cid == "data.missing" else "denied_path"] = p
-                f["missing_path_or_file"] = p
-                if cid == "permission.denied":
-                    f["denied_dir"] = p if os.path.isdir(p) else os.path.dirname(p) or p
+            m = re.search(r"(/\S+)", line)
+            self._path_facts(cid, (cat.missing_path(line) or (m.group(1) if m else "")).rstrip(":'"))
         if cid.startswith("cuda.oom"):
             self._batch_facts()
         if cid == "killed":
             f.setdefault("signal_text", "SIGKILL (the shell printed \"Killed\")")
+
+    def _path_facts(self, cid: str, p: str) -> None:
+        """The path a data.missing, python.interpreter-missing or permission.denied message names."""
+        if not p:
+            return
+        f = self.facts
+        f[{"data.missing": "missing_path", "python.interpreter-missing": "python_path",
+           "permission.denied": "denied_path"}[cid]] = p
+        f["missing_path_or_file"] = p
+        if cid == "permission.denied":
+            f["denied_dir"] = p if os.path.isdir(p) else os.path.dirname(p) or p
 
     def _batch_facts(self) -> None:
         hp = self.fg.get("hyperparameters") or {}
@@ -806,10 +799,9 @@ class _One:
             elif repo_id:
                 f["found_entry"] = os.path.join(f["found_cache"], "models--" + repo_id.replace("/", "--"))
         if elsewhere and home and inv and home != inv and any(p.startswith(inv.rstrip("/") + "/") for p in elsewhere):
-            if self.launch.get("home"):
-                self.evidence.append(Evidence("experiment.json", self.rec.line_of('"launch"'),
-                                              f"launch: how={self.launch.get('how')} user={self.launch.get('user')} "
-                                              f"home={home} invoking_home={inv}"))
+            self.evidence.append(Evidence("experiment.json", self.rec.line_of('"launch"'),
+                                          f"launch: how={self.launch.get('how')} user={self.launch.get('user')} "
+                                          f"home={home} invoking_home={inv}"))
             f["network_sentence"] = self._network_sentence(from_preflight)
             return "hub.cache-miss.sudo-home"
         if elsewhere:
@@ -1033,8 +1025,7 @@ class _One:
             if suspicions or self.post_chain:  # worth a line number
                 exit_ev = exit_scan.ev(exit_scan.exit_index, exit_scan.exit_line)
             self.evidence.insert(0, exit_ev)
-            loc = f"{exit_ev.file}:{exit_ev.line}" if exit_ev.line else exit_ev.file
-            self.facts["exit_sentence"] = f" (exit code {exit_scan.exit_code}, {loc})"
+            self.facts["exit_sentence"] = f" (exit code {exit_scan.exit_code}, {exit_ev.location})"
         elif code == 0:
             self.facts["exit_sentence"] = " (exit code 0)"
         if suspicions:
@@ -1166,7 +1157,6 @@ def _explain_runs(an: Analyzer, runs: Sequence[Tuple[str, List[str]]], single_fo
     for run_folder, members in runs:
         recs = [(f, read_experiment_json(f)) for f in members]
         if single_folder and recs[0][1].data is None:
-            from doctor.explain.readers import ExplainInputError
             raise ExplainInputError(f"{recs[0][1].path}: {recs[0][1].error}")
         context = recs
         if single_folder:  # one experiment asked for: its run folder's other experiments are still evidence

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from doctor.explain.traceback import Chain, ExceptionRecord, looks_like_exception
 
@@ -26,8 +26,6 @@ class CauseRule:
 
 _HUB_NOTE = ("huggingface_hub falls back to the local cache when the Hub cannot be reached; "
              "the fallback found nothing in {hf_cache_or_run}, so the weights were missing there too.")
-_OFFLINE_FIX = ("HF_HUB_OFFLINE=1 HF_HUB_CACHE={hf_cache_fix} python -c \"import timm; "
-                "timm.create_model('{timm_name}', pretrained=True)\"")
 
 RULES: Tuple[CauseRule, ...] = (
     CauseRule(
@@ -488,8 +486,6 @@ def classify_exception(rec: ExceptionRecord) -> Optional[Tuple[str, int]]:
     if name == "JSONDecodeError" or (name == "KeyError" and (
             rec.in_files("mutation.py", "/runner/", "settings") or msg.strip("'\"") in _SETTINGS_KEYS)):
         return "config.error", 55
-    if name == "SystemExit" and msg.strip() not in ("", "0", "None"):
-        return None
     return None
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from doctor.explain.readers import DEFAULT_CAP, ExplainInputError
 
@@ -17,7 +17,7 @@ PROG = "mutation-doctor explain"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
-        raise ExplainInputError(f"{PROG}: {message}")
+        raise ExplainInputError(message)
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -106,16 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: returns the exit code (0 nothing failed, 1 failures, 2 unusable input)."""
+    from doctor.cli import guarded
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-        return run(args)
-    except ExplainInputError as e:
-        msg = str(e)
-        if not msg.startswith(PROG):
-            msg = f"{PROG}: {msg}"
-        print(msg, file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return guarded(PROG, lambda: run(build_parser().parse_args(argv)))

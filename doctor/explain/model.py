@@ -9,7 +9,6 @@ from typing import Any, Mapping, Optional, Tuple
 
 # Experiment statuses as the report states them.
 SUCCEEDED, FAILED, BLOCKED, SUSPICIOUS = "succeeded", "failed", "blocked", "suspicious"
-STATUSES = (FAILED, BLOCKED, SUSPICIOUS, SUCCEEDED)
 
 # Confidence at or below this means the evidence is indirect (no log, inferred from records).
 INDIRECT = 0.5
@@ -23,6 +22,11 @@ class Evidence:
     file: str
     line: Optional[int]
     text: str
+
+    @property
+    def location(self) -> str:
+        """`file:line`, or just `file` when there is no line number."""
+        return f"{self.file}:{self.line}" if self.line else self.file
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterator, List, Optional, Sequence, Tuple
 
+from doctor.cli import UsageError
+
 EXPERIMENT_FILE = "experiment.json"
 FIRST_BLOCK = 64 * 1024
 SUCCESS_BLOCK = 16 * 1024  # a run that succeeded: its last 16 KiB (exit code line, report, stray tracebacks)
@@ -28,8 +30,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 _BARE_ANSI = re.compile(r"\[(?:\d{1,3}(?:;\d{1,3})*)?m")
 
 
-class ExplainInputError(Exception):
-    """PATH cannot be explained (missing, unreadable, holds no experiment). One-line message."""
+class ExplainInputError(UsageError):
+    """PATH or an option cannot be used (missing, unreadable, holds no experiment). One-line message,
+    exit 2 (doctor.cli.guarded)."""
 
 
 def clean_line(raw: str) -> str:

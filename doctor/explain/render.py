@@ -68,7 +68,7 @@ def ev_text(e: Explanation, n: int = 0) -> str:
     if len(e.evidence) <= n:
         return ""
     v = e.evidence[n]
-    return f"{v.file}:{v.line}: {v.text}" if v.line else f"{v.file}: {v.text}"
+    return f"{v.location}: {v.text}"
 
 
 def needs_table(report: BatchReport) -> List[Tuple[str, str, str, str, str, str, int]]:
@@ -160,7 +160,8 @@ def render_markdown(report: BatchReport, rerun_file: Optional[str] = None) -> st
     L.append("")
     L.append("## What ran")
     L.append("")
-    L.append(f"{headline(report)}." + (f" Timestamps from {_span(report)}." if _span(report) else ""))
+    span = _span(report)
+    L.append(f"{headline(report)}." + (f" Timestamps from {span}." if span else ""))
     L.append("")
     L.append("| run folder | experiments | succeeded | failed | blocked | suspicious |")
     L.append("|---|---:|---:|---:|---:|---:|")
@@ -190,14 +191,13 @@ def render_markdown(report: BatchReport, rerun_file: Optional[str] = None) -> st
         L.append("")
         L.append(f"**Chain of events** (for {rep.experiment_id}, `{rep.path}`):")
         L.append("")
-        for i, step in enumerate(rep.chain, 1):
-            L.append(f"{i}. {step}")
+        L.extend(_numbered(rep.chain))
         L.append("")
         if rep.evidence:
             L.append("Evidence:")
             L.append("")
             for v in rep.evidence:
-                L.append(f"- `{v.file}{':' + str(v.line) if v.line else ''}`: {_md_escape(v.text)}")
+                L.append(f"- `{v.location}`: {_md_escape(v.text)}")
             L.append("")
         fixes = union_fix(members)
         if fixes:
@@ -214,8 +214,7 @@ def render_markdown(report: BatchReport, rerun_file: Optional[str] = None) -> st
             for m in others:
                 L.append(f"**{m.experiment_id}** (`{m.path}`)")
                 L.append("")
-                for i, step in enumerate(m.chain, 1):
-                    L.append(f"{i}. {step}")
+                L.extend(_numbered(m.chain))
                 L.append("")
             L.append("</details>")
             L.append("")
@@ -264,6 +263,10 @@ def render_markdown(report: BatchReport, rerun_file: Optional[str] = None) -> st
     return "\n".join(L)
 
 
+def _numbered(steps: Sequence[str]) -> List[str]:
+    return [f"{i}. {step}" for i, step in enumerate(steps, 1)]
+
+
 def _conf_range(confs: Sequence[float]) -> str:
     if not confs:
         return ""
@@ -279,6 +282,8 @@ def render_terminal(report: BatchReport, console=None, verbose: bool = False,
     from rich.table import Table
 
     con = console or Console(highlight=False, soft_wrap=False)
+    if console is None and not con.is_terminal:  # piped or redirected: keep fix commands on one line
+        con = Console(highlight=False, soft_wrap=True, width=200)
     con.print(f"[bold]mutation-doctor explain[/bold] {escape(report.root)}")
     groups = by_cause(report)
     for cid, members in groups.items():
@@ -297,8 +302,7 @@ def render_terminal(report: BatchReport, console=None, verbose: bool = False,
             if verbose:
                 con.print(f"    [bold]{escape(m.experiment_id)}[/bold] {escape(m.path)}")
                 for v in m.evidence:
-                    loc = f"{v.file}:{v.line}" if v.line else v.file
-                    con.print(f"      [dim]evidence[/dim] {escape(loc)}: {escape(v.text)}")
+                    con.print(f"      [dim]evidence[/dim] {escape(v.location)}: {escape(v.text)}")
             for i, step in enumerate(m.chain, 1):
                 con.print(f"      {i}. {escape(step)}")
         fixes = union_fix(members)

@@ -21,13 +21,10 @@ from typing import List, Optional, Sequence, Tuple
 _HEADER = re.compile(r"(?<!Original )Traceback \(most recent call last\):\s*$")
 
 
-class _Header:
-    @staticmethod
-    def match(line: str):
-        return _HEADER.search(line) if "Traceback" in line else None
+def is_header(line: str) -> bool:
+    """True for a `Traceback (most recent call last):` line (a cheap substring test first)."""
+    return "Traceback" in line and _HEADER.search(line) is not None
 
-
-HEADER = _Header()
 CAUSE_SEP = "The above exception was the direct cause of the following exception:"
 CONTEXT_SEP = "During handling of the above exception, another exception occurred:"
 _FRAME = re.compile(r'^\s+File "(?P<file>[^"]+)", line (?P<line>\d+)(?:, in (?P<func>.+))?')
@@ -149,7 +146,7 @@ def _continuation(lines: Sequence[str], i: int) -> Tuple[str, ...]:
     out: List[str] = []
     for j in range(i + 1, min(len(lines), i + 1 + MAX_MESSAGE_LINES)):
         ln = lines[j]
-        if not ln.strip() or HEADER.match(ln) or ln.strip() in (CAUSE_SEP, CONTEXT_SEP):
+        if not ln.strip() or is_header(ln) or ln.strip() in (CAUSE_SEP, CONTEXT_SEP):
             break
         out.append(ln)
     return tuple(out)
@@ -166,7 +163,7 @@ def _record_ending_above(lines: Sequence[str], sep: int) -> Tuple[Optional[Excep
     k = j
     while k >= lo:
         ln = lines[k]
-        if HEADER.match(ln):
+        if is_header(ln):
             return _parse_from_header(lines, k), False
         if ln.strip() in (CAUSE_SEP, CONTEXT_SEP):
             break
@@ -177,7 +174,7 @@ def _record_ending_above(lines: Sequence[str], sep: int) -> Tuple[Optional[Excep
                 # Frames above: walk up through them (however many) to the header.
                 for h in range(k - 1, -1, -1):
                     ln_h = lines[h]
-                    if HEADER.match(ln_h):
+                    if is_header(ln_h):
                         return _parse_from_header(lines, h), False
                     if ln_h.strip() and not ln_h[:1].isspace():
                         break
@@ -190,19 +187,17 @@ def _record_ending_above(lines: Sequence[str], sep: int) -> Tuple[Optional[Excep
 
 def find_fatal(lines: Sequence[str]) -> Optional[Chain]:
     """The last traceback of `lines` with its chain of causes, or None if there is none."""
-    h = None
+    h = fatal = None
     for i in range(len(lines) - 1, -1, -1):
-        ln = lines[i]
-        if "Traceback" in ln and HEADER.match(ln):
-            # A header whose exception has not been printed yet (window ends mid-traceback) still
-            # counts: the parse below fails and we keep looking further up.
-            rec = _parse_from_header(lines, i)
-            if rec is not None:
+        if is_header(lines[i]):
+            # A header whose exception has not been printed yet (window ends mid-traceback) does
+            # not count: its parse fails and we keep looking further up.
+            fatal = _parse_from_header(lines, i)
+            if fatal is not None:
                 h = i
                 break
-    if h is None:
+    if fatal is None:
         return None
-    fatal = _parse_from_header(lines, h)
     records = [fatal]
     links: List[str] = []
     truncated = False
@@ -227,8 +222,3 @@ def find_fatal(lines: Sequence[str]) -> Optional[Chain]:
         if len(records) > 20:
             break
     return Chain(tuple(records), tuple(links), truncated)
-
-
-def all_headers(lines: Sequence[str]) -> List[int]:
-    """Indices of every traceback header in `lines` (for reporting ignored tracebacks)."""
-    return [i for i, ln in enumerate(lines) if "Traceback" in ln and HEADER.match(ln)]
