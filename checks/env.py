@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from doctor.commands import run_command
+from doctor.commands import doctor_command, run_command
 from doctor.context import HUB_KINDS
 from doctor.launch import (REFUSED_NOTE, RELEVANT_VARS, hf_cache_dir, is_offline, parse_launch, torch_hub_dir,
                            which)
@@ -181,15 +181,6 @@ def consequence(ctx, c: VarChange) -> Tuple[str, Tuple[str, ...], bool]:
 
 # ---- fixes ----------------------------------------------------------------------------------------------------
 
-def _q(*words: str) -> str:
-    return " ".join(shlex.quote(w) for w in words)
-
-
-def _doctor_check(ctx, how: str) -> str:
-    words = ["mutation-doctor"] + (["-ec", ctx.options.settings_file] if ctx.options.settings_file else [])
-    return _q(*words, "--launch", how)
-
-
 def sudoers_fix(names: Sequence[str]) -> str:
     """Install `Defaults env_keep += "..."` in /etc/sudoers.d, checked with visudo before and after."""
     line = f'Defaults env_keep += "{" ".join(names)}"'
@@ -222,7 +213,7 @@ def keep_fixes(ctx, names: Sequence[str], exports: Mapping[str, str] = (), root_
     if exports:
         fixes.append("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in exports.items()))
     how = "sudo --preserve-env=" + ",".join(names)
-    fixes.append(f"{run_command(ctx, ('sudo', '--preserve-env=' + ','.join(names)))}  # check first: {_doctor_check(ctx, how)}")
+    fixes.append(f"{run_command(ctx, ('sudo', '--preserve-env=' + ','.join(names)))}  # check first: {doctor_command(ctx, launch=how)}")
     fixes.append(sudoers_fix(names) + ("  # with the exports above in your shell profile" if exports else ""))
     if spec is None or spec.mode != "sudo-E":
         note = ROOT_WRITE_NOTE if (root_writes or launch.home != launch.invoking_home) else ""
@@ -263,8 +254,7 @@ def check_propagation(ctx):
             id="env.invoking-unknown", group="env", status=WARN,
             title="cannot tell what sudo dropped: the invoking shell's environment is not readable",
             detail=f"the launched process gets HOME={launch.home}, PATH={launch.env.get('PATH', '')}",
-            fix=(_q("mutation-doctor", *(["-ec", ctx.options.settings_file] if ctx.options.settings_file else []),
-                    "--launch", "sudo") + "  # run as yourself, without sudo, to compare",))]
+            fix=(doctor_command(ctx, launch="sudo") + "  # run as yourself, without sudo, to compare",))]
     changes = compare(launch.invoking_env, launch.env, relevant_names(launch.invoking_env, launch.env))
     moves = cache_moves(ctx, changes)
     move_by_cause: Dict[str, List[CacheMove]] = {}
@@ -374,7 +364,7 @@ def _python_findings(ctx, changes: Sequence[VarChange]) -> List[Finding]:
                    " mutation-run then puts it first on PATH")
         fixes = ('sudo env "PATH=$PATH" ' + run_command(ctx, (), absolute=True) + "  # env restores your PATH after sudo",
                  run_command(ctx, ("sudo", "--preserve-env=PATH"))
-                 + f"  # check first: {_doctor_check(ctx, 'sudo --preserve-env=PATH')}")
+                 + f"  # check first: {doctor_command(ctx, launch='sudo --preserve-env=PATH')}")
         out.append(Finding(id="env.python-changed", group="env", status=WARN if by_name else OK, title=title, detail=detail,
                            fix=fixes, experiments=tuple(by_name), data={"command": cmd, "before": before, "after": after}))
         break
@@ -402,8 +392,7 @@ def _root_writes(ctx) -> Optional[Finding]:
         detail=(f"the launched process runs as {launch.user} and looks in {' and '.join(paths)}: anything it downloads "
                 f"there (weights, locks, .no_exist markers) is left root-owned, and {user}'s own runs then fail "
                 "with PermissionError"),
-        fix=(_q("mutation-doctor", "prefetch", *(["-ec", ctx.options.settings_file] if ctx.options.settings_file else []),
-                *(["--launch", spec.label] if spec else []))
+        fix=(doctor_command(ctx, "prefetch", launch=spec.label if spec else "current")
              + f"  # as {user}, before the batch: nothing is left to download",
              f"sudo chown -R {shlex.quote(user)}: " + " ".join(shlex.quote(p) for p in paths) + "  # after the batch"),
         experiments=ids, data={"paths": paths})
@@ -493,8 +482,7 @@ def check_offline_policy(ctx):
             id="env.offline.missing", group="env", status=FAIL,
             title=f"{var} is set but {len(missing_what)} Hub model(s) are not in {launch.hf_cache}",
             detail=(f"{what}: offline, the load fails at once with LocalEntryNotFoundError (nothing is downloaded)"),
-            fix=(_q("mutation-doctor", "prefetch", *(["-ec", ctx.options.settings_file] if ctx.options.settings_file else []),
-                    *(["--launch", ctx.options.launch] if ctx.options.launch not in ("current", "") else []))
+            fix=(doctor_command(ctx, "prefetch", as_launch_user=True)
                  + "  # download them into the launch context's cache, then keep " + var,),
             experiments=tuple(missing), data={"needs": sorted(missing_what), "hf_cache": launch.hf_cache}))
     return out

@@ -25,12 +25,13 @@ def _settings(ctx) -> list:
     return ["-ec", f] if f else []
 
 
-def doctor_command(ctx, verb: str = "", as_launch_user: bool = False) -> str:
-    """mutation-doctor with this run's settings. `as_launch_user`: prefixed with the launch's sudo
-    words (when we are not root already), so it looks at or writes the launch user's caches."""
+def doctor_command(ctx, verb: str = "", as_launch_user: bool = False, launch: str = None) -> str:
+    """mutation-doctor with this run's settings and `--launch` (or `launch`). `as_launch_user`:
+    prefixed with the launch's sudo words instead (when we are not root already), so it looks at
+    or writes the launch user's caches."""
     from doctor.launch import parse_launch
 
-    how = getattr(ctx.options, "launch", "current") or "current"
+    how = launch or getattr(ctx.options, "launch", "current") or "current"
     spec = parse_launch(how)
     sudo = as_launch_user and spec.mode != "current" and os.getuid() != 0
     words = [*spec.argv_prefix, script("mutation-doctor")] if sudo else ["mutation-doctor"]
