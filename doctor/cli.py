@@ -15,7 +15,6 @@ from typing import Optional, Sequence
 from doctor.model import GROUPS
 
 BUNDLED_SETTINGS = Path(__file__).resolve().parents[1] / "settings"
-SUBCOMMANDS = ("check", "prefetch", "explain")
 
 
 class UsageError(Exception):

@@ -37,8 +37,6 @@ SETUID_STRIPPED = ("GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES",
                    "LD_DEBUG_OUTPUT", "LD_DYNAMIC_WEAK", "LD_HWCAP_MASK", "LD_LIBRARY_PATH", "LD_ORIGIN_PATH",
                    "LD_PRELOAD", "LD_PROFILE", "LD_SHOW_AUXV", "LD_USE_LOAD_BIAS", "LOCALDOMAIN", "LOCPATH",
                    "MALLOC_TRACE", "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR")
-# Everything plain `sudo` may keep from the caller (env_keep and the safe env_check values).
-SUDO_ENV_RESET_KEEP = SUDO_ENV_KEEP + SUDO_ENV_CHECK
 ZONEINFO = "/usr/share/zoneinfo"
 
 # Variables that decide where ML runs look for things; reported by the env group.
@@ -172,10 +170,6 @@ def parse_launch(text: str) -> LaunchSpec:
 
 def _matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _sudo_deleted(name: str) -> bool:
-    return _matches(name, SUDO_ENV_DELETE) or name.startswith(SUDO_ENV_DELETE_PREFIXES)
 
 
 def _check_safe(name: str, value: str) -> bool:

@@ -56,10 +56,6 @@ class JsonMemo:
         with self._lock:
             return self._data.get(key, default)
 
-    def __contains__(self, key: str) -> bool:
-        with self._lock:
-            return key in self._data
-
     def put(self, key: str, value: Any) -> None:
         with self._lock:
             self._data.pop(key, None)
