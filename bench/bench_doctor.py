@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus" / "user-project"
@@ -71,15 +72,26 @@ def project_root(base: Path) -> Path:
     return base
 
 
-def run_doctor(home: Path, root: Path, *extra: str) -> tuple:
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    argv = [sys.executable, "-m", "doctor.cli", "-ec", str(BATCH), "--models-config",
-            str(ROOT / "settings" / "models_config.json"), "--project-root", str(root), "--only", "settings,cache",
-            "--json", *extra]
+def doctor_args(root: Path, only: Optional[str] = "settings,cache") -> list:
+    """Arguments of `mutation-doctor` on BATCH with the shipped registry; `only=None` runs every group."""
+    return ["-ec", str(BATCH), "--models-config", str(ROOT / "settings" / "models_config.json"),
+            "--project-root", str(root), *(("--only", only) if only else ())]
+
+
+def run_doctor(home: Path, root: Path, *extra: str, only: Optional[str] = "settings,cache",
+               env: Optional[dict] = None) -> tuple:
+    """(wall seconds, parsed JSON report) of `mutation-doctor --json` in a subprocess with HOME=`home`,
+    the Hub offline; `extra` adds arguments, `env` adds to or overrides the environment."""
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(home), "HF_HUB_OFFLINE": "1",
+           **(env or {})}
+    argv = [sys.executable, "-m", "doctor.cli", *doctor_args(root, only), "--json", *extra]
     t0 = time.perf_counter()
-    p = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=ROOT)
+    p = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=ROOT, timeout=600)
     wall = time.perf_counter() - t0
-    data = json.loads(p.stdout)
+    try:
+        data = json.loads(p.stdout)
+    except ValueError:
+        raise SystemExit(f"the doctor printed no JSON (exit {p.returncode}): {p.stderr[-2000:]}") from None
     return wall, data
 
 

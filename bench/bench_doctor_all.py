@@ -18,14 +18,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench_doctor import build_home  # same cache layout: hrnet_w18, densenet121, resnet50
+from bench_doctor import BATCH, build_home, doctor_args, run_doctor  # same batch and cache layout
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCH = (ROOT.parent / "shared" / "corpus" / "user-project" / "settings" / "archived"
-         / "11_models_quick_validation_1epoch.json")
 MODELS = ROOT / "settings" / "models_config.json"
 TARGET = 1.0
 
@@ -64,19 +61,12 @@ def build_project(base: Path) -> Path:
 
 
 def doctor_argv(root: Path) -> list:
-    return ["-ec", str(BATCH), "--models-config", str(MODELS), "--project-root", str(root), "--timeout", "2"]
+    return [*doctor_args(root, only=None), "--timeout", "2"]
 
 
-def run_doctor(env: dict, root: Path) -> tuple:
-    t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "doctor.cli", *doctor_argv(root), "--json"], env=env,
-                       capture_output=True, text=True, cwd=ROOT, timeout=600)
-    wall = time.perf_counter() - t0
-    try:
-        data = json.loads(p.stdout)
-    except ValueError:
-        raise SystemExit(f"the doctor printed no JSON (exit {p.returncode}): {p.stderr[-2000:]}")
-    return wall, data
+def run_all(env: dict, root: Path) -> tuple:
+    """(wall seconds, JSON report) of the whole doctor with `env` (its HOME included)."""
+    return run_doctor(Path(env["HOME"]), root, "--timeout", "2", only=None, env=env)
 
 
 def main() -> int:
@@ -95,8 +85,8 @@ def main() -> int:
         root = build_project(base / "project")
         env = {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
                "HOME": str(home), "HF_HUB_OFFLINE": "1", "LANG": "C.UTF-8"}
-        cold, _ = run_doctor(env, root)
-        runs = [run_doctor(env, root) for _ in range(reps)]
+        cold, _ = run_all(env, root)
+        runs = [run_all(env, root) for _ in range(reps)]
         walls = sorted(w for w, _ in runs)
         warm, data = walls[len(walls) // 2], runs[-1][1]
         statuses = {}
@@ -109,8 +99,8 @@ def main() -> int:
 
             nobody = pwd.getpwnam("nobody")
             senv = dict(env, SUDO_USER="nobody", SUDO_UID=str(nobody.pw_uid), SUDO_GID=str(nobody.pw_gid))
-            swalls = sorted(run_doctor(senv, root)[0] for _ in range(reps))
-            sdata = run_doctor(senv, root)[1]
+            sruns = [run_all(senv, root) for _ in range(reps)]
+            swalls, sdata = sorted(w for w, _ in sruns), sruns[-1][1]
             sudo = {"warm_seconds_under_sudo_for_nobody": round(swalls[len(swalls) // 2], 3),
                     "root_owned_findings_for_nobody": sum(1 for f in sdata["findings"]
                                                           if f["id"] == "system.ownership.root-owned")}

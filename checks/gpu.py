@@ -24,6 +24,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from doctor.launch import which
+
 GPU_FIELDS = ("index", "uuid", "name", "memory.total", "memory.free", "memory.used", "compute_cap", "driver_version")
 APP_FIELDS = ("pid", "gpu_uuid", "used_memory", "process_name")
 FORMAT = "--format=csv,noheader,nounits"
@@ -86,12 +88,7 @@ class GpuSnapshot:
 
 def find_nvidia_smi(env: Optional[Mapping[str, str]] = None) -> Optional[str]:
     """nvidia-smi on the PATH of `env` (os.environ when None)."""
-    path = (os.environ if env is None else env).get("PATH", "")
-    for d in path.split(os.pathsep):
-        p = os.path.join(d or ".", "nvidia-smi")
-        if os.path.isfile(p) and os.access(p, os.X_OK):
-            return p
-    return None
+    return which("nvidia-smi", os.environ if env is None else env)
 
 
 def _number(text: str) -> Optional[int]:

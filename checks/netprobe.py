@@ -102,11 +102,6 @@ _VERIFY_WORDS = {
 }
 
 
-def mask_url(url: str) -> str:
-    """A URL fit for display: credentials become `***` (`http://u:p@h:3128` -> `http://***@h:3128`)."""
-    return mask_value(url)
-
-
 @dataclass(frozen=True)
 class Endpoint:
     """A host the launched process will contact.
@@ -125,7 +120,7 @@ class Endpoint:
 
     @property
     def display(self) -> str:
-        return mask_url(self.url)
+        return mask_value(self.url)  # credentials become ***
 
     @property
     def scheme(self) -> str:
@@ -256,7 +251,7 @@ class _Proxy:
 
     @property
     def display(self) -> str:
-        return mask_url(self.url)
+        return mask_value(self.url)  # credentials become ***
 
 
 def _proxy_for(endpoint: Endpoint, env: Mapping[str, str]) -> Optional[_Proxy]:

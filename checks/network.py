@@ -19,12 +19,10 @@ dropped after the request was sent (ReadError / RemoteProtocolError).
 """
 from __future__ import annotations
 
-import os
-import shlex
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from checks import netprobe as np
-from doctor.commands import prefetch_fix, run_command
+from doctor.commands import prefetch_fix, quote, run_command
 from doctor.model import FAIL, OK, WARN, Finding
 
 GROUP = "network"
@@ -95,17 +93,8 @@ def hub_time_to_failure(r: np.ProbeResult, env: Mapping[str, str]) -> Optional[f
 # Helpers on the context
 
 
-def _q(*words: str) -> str:
-    return " ".join(shlex.quote(w) for w in words)
-
-
 def _uniq(items: Iterable[str]) -> Tuple[str, ...]:
-    seen, out = set(), []
-    for x in items:
-        if x not in seen:
-            seen.add(x)
-            out.append(x)
-    return tuple(out)
+    return tuple(dict.fromkeys(items))
 
 
 def _exps(states: Sequence) -> Tuple[str, ...]:
@@ -171,10 +160,6 @@ def _offline_fixes(ctx) -> List[str]:
     return fixes
 
 
-def _copy_fixes(ctx, kind: str) -> List[str]:
-    return [prefetch_fix(ctx)]
-
-
 def _secs(x: Optional[float]) -> str:
     if x is None:
         return "the resolver's timeout"
@@ -198,7 +183,7 @@ def _class_fixes(ctx, r: np.ProbeResult) -> Tuple[List[str], List[str]]:
         lost = [v for v in _CA_VARS if inv.get(v) and not env.get(v)]
         if r.reason == "ca-missing":
             var = next((v for v in _CA_VARS if env.get(v)), "SSL_CERT_FILE")
-            fixes += [f"ls -l {shlex.quote(env.get(var, ''))}", f"export {var}=/path/to/corporate-ca.pem"]
+            fixes += [quote("ls", "-l", env.get(var, "")), f"export {var}=/path/to/corporate-ca.pem"]
         elif lost:
             notes.append(", ".join(f"{v}={inv[v]}" for v in lost) + " is set in your shell but not in the launch "
                          f"environment ({launch.how} drops it)")
@@ -305,7 +290,7 @@ def _hub_finding(ctx, r: np.ProbeResult, hub: Sequence) -> Finding:
     fixes, notes = _class_fixes(ctx, r)
     parts += notes
     if missing:  # fetch the files elsewhere, then load them offline
-        fixes += _copy_fixes(ctx, np.HUB)
+        fixes.append(prefetch_fix(ctx))
     if missing or cached:
         fixes += _offline_fixes(ctx)
     status = FAIL if blocked else WARN
@@ -340,7 +325,7 @@ def _torch_finding(ctx, r: np.ProbeResult, torch_states: Sequence) -> Finding:
                      f"({', '.join(_exps(unknown))} {consequence.split(':')[0]} if they are not)")
     fixes, notes = _class_fixes(ctx, r)
     parts += notes
-    fixes += _copy_fixes(ctx, np.TORCHHUB)
+    fixes.append(prefetch_fix(ctx))
     title = f"torch hub {r.host} unreachable ({r.classification})" + (
         f": {len(blocked)} experiment(s) blocked" if blocked else "")
     return Finding(id=f"network.{r.classification}", group=GROUP, status=FAIL if blocked else WARN, title=title,

@@ -26,6 +26,7 @@ import threading
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from checks import gpu as gpulib
+from doctor.commands import quote
 from doctor.memo import JsonMemo, memo_dir
 from doctor.launch import which
 from doctor.model import FAIL, OK, WARN, Finding
@@ -81,8 +82,9 @@ def _memo(ctx, name: str, compute):
         return slot["value"]
 
 
-def _q(*words: str) -> str:
-    return " ".join(shlex.quote(str(w)) for w in words)
+def _q(*words) -> str:
+    """`quote` for words that may be paths."""
+    return quote(*map(str, words))
 
 
 def _finding(fid: str, status: str, title: str, detail: str = "", fix: Sequence[str] = (),

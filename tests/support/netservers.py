@@ -98,13 +98,38 @@ def server_context(pair: CertPair) -> ssl.SSLContext:
 
 
 # ---------------------------------------------------------------------------------------------
-# A raw TCP acceptor, the base of the misbehaving peers
+# The peers
 
 
-class _Acceptor:
-    """Accept loop in a daemon thread; `handle(conn)` runs in its own daemon thread per connection."""
+class _Peer:
+    """A loopback peer on `port`: `url` is `scheme://[userinfo@]127.0.0.1:port`; used as a context
+    manager it runs `start()` on entry and `stop()` on exit."""
 
     scheme = "http"
+    userinfo = ""
+    port: int
+
+    @property
+    def url(self) -> str:
+        creds = f"{self.userinfo}@" if self.userinfo else ""
+        return f"{self.scheme}://{creds}{HOST}:{self.port}"
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class _Acceptor(_Peer):
+    """Accept loop in a daemon thread; `handle(conn)` runs in its own daemon thread per connection."""
 
     def __init__(self, backlog: int = 64):
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -119,16 +144,8 @@ class _Acceptor:
         self.accepted = 0
         self._thread = threading.Thread(target=self._loop, daemon=True, name=type(self).__name__)
 
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://{HOST}:{self.port}"
-
-    def __enter__(self):
+    def start(self) -> None:
         self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
     def stop(self) -> None:
         self._stop.set()
@@ -186,7 +203,7 @@ class BlackHole(_Acceptor):
         self.wait_stopped(conn)
 
 
-class SynDrop:
+class SynDrop(_Peer):
     """A listener whose accept queue is full (backlog 0 plus one queued connection, never accepted):
     the kernel drops further SYNs, so clients see a connect timeout."""
 
@@ -198,11 +215,7 @@ class SynDrop:
         self.port = self._listener.getsockname()[1]
         self._fillers: List[socket.socket] = []
 
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://{HOST}:{self.port}"
-
-    def __enter__(self):
+    def start(self) -> None:
         for _ in range(4):  # fill the queue: stop at the first connect that no longer completes
             s = socket.socket()
             s.settimeout(0.2)
@@ -211,9 +224,8 @@ class SynDrop:
                 s.connect((HOST, self.port))
             except (socket.timeout, OSError):
                 break
-        return self
 
-    def __exit__(self, *exc):
+    def stop(self) -> None:
         for s in self._fillers + [self._listener]:
             try:
                 s.close()
@@ -221,7 +233,7 @@ class SynDrop:
                 pass
 
 
-class RefusedPort:
+class RefusedPort(_Peer):
     """A port bound (so nobody else takes it) but not listening: connecting is refused."""
 
     def __init__(self, scheme: str = "http", userinfo: str = ""):
@@ -231,15 +243,7 @@ class RefusedPort:
         self._sock.bind((HOST, 0))
         self.port = self._sock.getsockname()[1]
 
-    @property
-    def url(self) -> str:
-        creds = f"{self.userinfo}@" if self.userinfo else ""
-        return f"{self.scheme}://{creds}{HOST}:{self.port}"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
+    def stop(self) -> None:
         self._sock.close()
 
 
@@ -283,11 +287,6 @@ class Proxy(_Acceptor):
         self.mode = mode
         self.userinfo = userinfo
         self.requests: List[Tuple[str, Optional[str]]] = []
-
-    @property
-    def url(self) -> str:
-        creds = f"{self.userinfo}@" if self.userinfo else ""
-        return f"http://{creds}{HOST}:{self.port}"
 
     def handle(self, conn: socket.socket) -> None:
         head = _read_head(conn)
@@ -417,7 +416,7 @@ class _HubHTTPServer(http.server.ThreadingHTTPServer):
         super().finish_request(request, client_address)
 
 
-class MiniHub:
+class MiniHub(_Peer):
     """The Hub's resolve protocol on 127.0.0.1: `files[(repo_id, filename)] = bytes`.
 
     `tls` (an `ssl.SSLContext` for the server side) makes it https; `requests` records
@@ -435,14 +434,13 @@ class MiniHub:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{HOST}:{self.port}"
+    def scheme(self) -> str:  # type: ignore[override]
+        return "https" if self.tls else "http"
 
-    def __enter__(self):
+    def start(self) -> None:
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc):
+    def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=2)
