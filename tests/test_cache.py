@@ -90,12 +90,18 @@ def test_incomplete_download_leftovers_for_real(fresh_hub, tmp_path):
     state = inspect(cache)
     assert state.status != PRESENT
     assert caches.try_to_load_from_cache_subprocess(cache, TINY_REPO, "model.safetensors") is None
+    assert [p.endswith(".incomplete") for p in state.leftovers] == [True]
 
 
-def test_leave_incomplete_is_reported(cache):
-    caches.leave_incomplete(cache, TINY_REPO, "model.safetensors")
+def test_leave_incomplete_is_reported(cache, clean_env, tmp_path):
+    left = caches.leave_incomplete(cache, TINY_REPO, "model.safetensors")
     state = inspect(cache)
-    assert state.leftovers and all(p.endswith(".incomplete") for p in state.leftovers)
+    assert state.leftovers == (str(left),)
+    # the doctor names the leftover and the exact rm that clears it
+    project = make_project(tmp_path, [{"hf": TINY_REPO, "files": ["config.json", "model.safetensors"]}])
+    p, data = doctor(project, dict(clean_env, HF_HUB_CACHE=str(cache)))
+    f = by_id(data)["cache.leftovers"]
+    assert f["status"] == "warn" and f["fix"] == [f"rm -f {left}"]
 
 
 def test_no_exist_marker(cache):
