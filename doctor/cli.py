@@ -135,10 +135,7 @@ def run_check_command(args) -> int:
         json.dump(render.to_json(report), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
-        out = Console(highlight=False, soft_wrap=True)
-        if not out.is_terminal:  # piped or redirected: no terminal width to fit, keep ids whole
-            out = Console(highlight=False, soft_wrap=True, width=200)
-        render.render_terminal(report, out, verbose=args.verbose)
+        render.render_terminal(report, render.report_console(), verbose=args.verbose)
     return report.exit_code
 
 

@@ -15,6 +15,15 @@ MARK = {OK: "✓", WARN: "!", FAIL: "✗", ERROR: "✗"}
 STYLE = {OK: "green", WARN: "yellow", FAIL: "red", ERROR: "magenta"}
 
 
+def report_console(stderr: bool = False):
+    """A rich console for reports: fits the terminal; piped or redirected, lines are not wrapped or
+    cropped (200 columns for tables), so ids and fix commands stay whole and pasteable."""
+    from rich.console import Console
+
+    con = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return con if con.is_terminal else Console(stderr=stderr, highlight=False, soft_wrap=True, width=200)
+
+
 def launch_dict(report: Report) -> dict:
     ctx = report.launch
     env = ctx.env

@@ -277,13 +277,12 @@ def _conf_range(confs: Sequence[float]) -> str:
 
 def render_terminal(report: BatchReport, console=None, verbose: bool = False,
                     rerun_file: Optional[str] = None, markdown_file: Optional[str] = None) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    con = console or Console(highlight=False, soft_wrap=False)
-    if console is None and not con.is_terminal:  # piped or redirected: keep fix commands on one line
-        con = Console(highlight=False, soft_wrap=True, width=200)
+    from doctor.render import report_console
+
+    con = console or report_console()
     con.print(f"[bold]mutation-doctor explain[/bold] {escape(report.root)}")
     groups = by_cause(report)
     for cid, members in groups.items():
