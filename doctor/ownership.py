@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import FrozenSet, Iterable, List, Optional, Tuple, Union
 
 PathsOrRoots = Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]]
@@ -26,7 +26,7 @@ class GiveBack:
 
     changed: Tuple[str, ...] = ()
     failed: Tuple[Tuple[str, str], ...] = ()
-    roots: Tuple[str, ...] = field(default_factory=tuple)
+    roots: Tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.changed)

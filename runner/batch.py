@@ -383,7 +383,7 @@ class Batch:
                 pgids |= bg.pgids
                 pids |= bg.descendants
         if bg is not None:  # each attempt already swept its own processes; the background's remain
-            strays += kill_stragglers(pgids | bg.pgids, pids, [token, token + "/background"], grace=min(opt.grace, 2.0),
+            strays += kill_stragglers(pgids | bg.pgids, pids, [token, token + "/background"], grace=opt.grace,
                                       born_after=bg.born)
         duration = time.monotonic() - t_start
         if strays:

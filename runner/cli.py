@@ -224,7 +224,7 @@ def run(args) -> int:
     if options.max_retries < 0:
         options.max_retries = ctx.plan.max_retries
 
-    quiet_progress = (lambda _m: None) if (args.json and args.dry_run) else (lambda m: say(m))
+    quiet_progress = (lambda _m: None) if (args.json and args.dry_run) else say
     base_report, preflights = preflight(ctx, [j.experiment for j in jobs], progress=quiet_progress)
     if args.no_energy:
         energy = EnergyPlan(why_not="--no-energy")

@@ -233,7 +233,7 @@ def run_attempt(argv: Sequence[str], cwd: str, env: Mapping[str, str], log_path:
             os.close(f)
         # anything of this attempt still alive once the leader ended (in its group, a recorded
         # descendant, or carrying its token after escaping with setsid) is stopped and reported
-        strays = kill_stragglers({pgid}, descendants, [token] if token else (), grace=min(grace, 2.0), born_after=born)
+        strays = kill_stragglers({pgid}, descendants, [token] if token else (), grace=grace, born_after=born)
         proc.stdout.close()
         return AttemptResult(started_iso, duration, exit_code=rc if rc >= 0 else None,
                              signal=signal_name(-rc) if rc < 0 else None, timed_out=timed_out,
@@ -407,8 +407,8 @@ def _signal_pids(pids: Iterable[int], sig: int) -> None:
 
 def kill_stragglers(pgids: Set[int], pids: Set[tuple], tokens: Iterable[str] = (), grace: float = 2.0,
                     born_after: int = 0) -> List[dict]:
-    """Find what is left of an experiment, SIGTERM then SIGKILL it; returns what was found, each
-    with `killed` (gone afterwards)."""
+    """Find what is left of an experiment, SIGTERM then SIGKILL it (after `grace`, at most 2 s);
+    returns what was found, each with `killed` (gone afterwards)."""
     left = stragglers(pgids, pids, tokens, born_after)
     if not left:
         return []

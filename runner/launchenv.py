@@ -161,15 +161,15 @@ def _needs_record(e: Experiment, states: Mapping[str, NeedState], base: Mapping[
     return tuple(out)
 
 
-def preflight(ctx: DoctorContext, experiments: Sequence[Experiment], run_doctor: Optional[Callable] = None,
+def preflight(ctx: DoctorContext, experiments: Sequence[Experiment],
               progress: Optional[Callable[[str], None]] = None) -> Tuple[Report, Dict[str, Preflight]]:
     """The doctor on the whole plan, then again in each distinct adjusted launch context.
 
     Returns the base report and, per experiment id, its Preflight (verdict, findings naming it, the
     state of its needs where its child looks, and the ChildLaunch to start it with).
     """
-    if run_doctor is None:
-        from doctor.engine import run_doctor
+    from doctor.engine import run_doctor
+
     say = progress or (lambda _msg: None)
     say("preflight: checking the plan in the launch context")
     base_report = run_doctor(ctx)

@@ -247,7 +247,9 @@ def test_give_back_chowns_what_the_run_created_and_nothing_else(tmp_path):
     hub.mkdir(parents=True)
     (hub / "models--x" / "blobs").mkdir(parents=True)
     (hub / "models--x" / "blobs" / "abc").write_text("w")
-    (hub / "link").symlink_to("/etc/passwd")
+    target = tmp_path / "root_file_outside"  # a link out of the roots (not a system file: a broken
+    target.write_text("root's")               # give_back must not chown the machine's files)
+    (hub / "link").symlink_to(target)
     mine = hub / "already_theirs"
     mine.write_text("x")
     os.chown(mine, 1000, 1000)
@@ -258,7 +260,7 @@ def test_give_back_chowns_what_the_run_created_and_nothing_else(tmp_path):
     changed = set(res.changed)
     assert {str(home / ".cache"), str(home / ".cache" / "huggingface"), str(hub),
             str(hub / "models--x" / "blobs" / "abc"), str(hub / "link")} <= changed
-    assert os.lstat(hub / "link").st_uid == uid and os.stat("/etc/passwd").st_uid == 0  # the link, not its target
+    assert os.lstat(hub / "link").st_uid == uid and target.stat().st_uid == 0  # the link, not its target
     assert mine.stat().st_uid == 1000 and str(mine) not in changed  # only root's files
     assert home.stat().st_uid == 0 and old.stat().st_uid == 0  # outside the roots / there before
     res = give_back([home], uid, gid, before=before)
