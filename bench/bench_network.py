@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from checks import netprobe  # noqa: E402
+from core import netprobe  # noqa: E402
 from checks.network import check_network  # noqa: E402
-from doctor.model import FAIL  # noqa: E402
+from core.model import FAIL  # noqa: E402
 
 CORPUS_SETTINGS = ROOT.parent / "shared" / "corpus" / "user-project" / "settings" / "archived" / "11_models_quick_validation_1epoch.json"
 REDUCED_ETAG_TIMEOUT = 1
@@ -132,7 +132,7 @@ def probe_for_plan(ctx) -> Dict[str, object]:
     """Run the network group for a plan context and time it.
 
     `ctx` is anything with the DoctorContext attributes check_network uses (`launch`, `options`,
-    `need_states()`): a real `doctor.context.DoctorContext` built from a settings file fits.
+    `need_states()`): a real `core.context.DoctorContext` built from a settings file fits.
     Returns seconds, the findings (id, status, experiments) and the blocked experiment ids.
     """
     t0 = time.monotonic()

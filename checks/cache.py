@@ -6,10 +6,10 @@ import shlex
 import sys
 from typing import List
 
-from doctor.commands import doctor_command, prefetch_fix, quote, run_command
-from doctor.context import DOWNLOADED_KINDS, NeedState
-from doctor.hubcache import BROKEN, MISSING, UNREADABLE
-from doctor.model import FAIL, OK, WARN, Finding
+from core.commands import doctor_command, prefetch_fix, quote, run_command
+from core.context import DOWNLOADED_KINDS, NeedState
+from core.hubcache import BROKEN, MISSING, UNREADABLE
+from core.model import FAIL, OK, WARN, Finding
 
 _AREA = {"timm": "hub", "hf": "hub", "torchvision": "torchhub", "path": "path", "python": "python"}
 
@@ -157,7 +157,7 @@ def check_deep_load(ctx):
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
-    from doctor.secrets import mask_text
+    from core.secrets import mask_text
 
     jobs = []
     for s in ctx.need_states().values():

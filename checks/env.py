@@ -14,12 +14,12 @@ import shlex
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from doctor.commands import doctor_command, run_command
-from doctor.context import HUB_KINDS
-from doctor.launch import (REFUSED_NOTE, RELEVANT_VARS, hf_cache_dir, is_offline, parse_launch, torch_hub_dir,
+from core.commands import doctor_command, run_command
+from core.context import HUB_KINDS
+from core.launch import (REFUSED_NOTE, RELEVANT_VARS, hf_cache_dir, is_offline, parse_launch, torch_hub_dir,
                            which)
-from doctor.model import FAIL, OK, WARN, Finding
-from doctor.secrets import is_secret_name, mask
+from core.model import FAIL, OK, WARN, Finding
+from core.secrets import is_secret_name, mask
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
@@ -414,7 +414,7 @@ def _belongs_to(path: str, uid: int, home: str) -> bool:
 
 def _sudo_findings(ctx) -> List[Finding]:
     """What the real sudo said: it refuses the launch, or it disagrees with the simulation."""
-    from doctor import sudo
+    from core import sudo
 
     launch, out = ctx.launch, []
     refused = next((n[len(REFUSED_NOTE):] for n in launch.notes if n.startswith(REFUSED_NOTE)), None)

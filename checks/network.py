@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from checks import netprobe as np
-from doctor.commands import prefetch_fix, quote, run_command
-from doctor.model import FAIL, OK, WARN, Finding
+from core import netprobe as np
+from core.commands import prefetch_fix, quote, run_command
+from core.model import FAIL, OK, WARN, Finding
 
 GROUP = "network"
 HUB_KINDS = ("timm", "hf")

@@ -1,7 +1,7 @@
 """The `settings` group: what the settings file and the registry say, as mutation.py reads them."""
 from __future__ import annotations
 
-from doctor.model import OK, Finding
+from core.model import OK, Finding
 
 
 def check_lint(ctx):

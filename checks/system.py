@@ -25,12 +25,12 @@ import subprocess
 import threading
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from checks import gpu as gpulib
-from doctor.commands import quote
-from doctor.memo import JsonMemo, memo_dir
-from doctor.launch import which
-from doctor.model import FAIL, OK, WARN, Finding
-from doctor.secrets import mask_text
+from core import gpu as gpulib
+from core.commands import quote
+from core.memo import JsonMemo, memo_dir
+from core.launch import which
+from core.model import FAIL, OK, WARN, Finding
+from core.secrets import mask_text
 
 GROUP = "system"
 GIB = 1024 ** 3
@@ -974,7 +974,7 @@ def _walk_root_owned(root: str, uid: int, gids: Sequence[int], limit: int) -> Tu
 
 def _ownership_roots(ctx) -> List[Tuple[str, str]]:
     """(label, folder) the invoking user should own: results, the plan's repos, and their caches."""
-    from doctor.launch import hf_cache_dir, torch_hub_dir
+    from core.launch import hf_cache_dir, torch_hub_dir
 
     roots = [("results", os.path.join(ctx.options.project_root, "results"))]
     repos = list(dict.fromkeys(s.repo for e in ctx.plan.experiments for s in e.sides)) or list(ctx.registry.repos)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from doctor.model import GROUPS
+from core.model import GROUPS
 
 BUNDLED_SETTINGS = Path(__file__).resolve().parents[1] / "settings"
 
@@ -88,10 +88,10 @@ def default_launch(args) -> str:
 
 def make_context(args, **extra):
     """Registry, plan and launch context from parsed arguments; raises UsageError / SettingsError."""
-    from doctor.context import DoctorContext, Options
-    from doctor.launch import LaunchSpecError, build_launch_context
-    from doctor.plan import load_plan, registry_plan
-    from doctor.registry import load_registry
+    from core.context import DoctorContext, Options
+    from core.launch import LaunchSpecError, build_launch_context
+    from core.plan import load_plan, registry_plan
+    from core.registry import load_registry
 
     root = os.path.abspath(args.project_root)
     if not os.path.isdir(root):
@@ -141,7 +141,7 @@ def run_check_command(args) -> int:
 
 def guarded(prog: str, body) -> int:
     """Run `body()`; a user mistake is one line on stderr and exit 2, never a traceback."""
-    from doctor.registry import SettingsError
+    from core.registry import SettingsError
 
     try:
         return body()

@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from checks import CHECKS, Check
-from doctor.context import DoctorContext
-from doctor.model import ERROR, FAIL, Finding, Report, Verdict
-from doctor.secrets import mask_text
+from core.context import DoctorContext
+from core.model import ERROR, FAIL, Finding, Report, Verdict
+from core.secrets import mask_text
 
 
 def _as_list(result) -> List[Finding]:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
-from doctor.context import DOWNLOADED_KINDS, NeedState
+from core.context import DOWNLOADED_KINDS, NeedState
 
 _SCRIPT = r"""
 import json, sys
@@ -76,7 +76,7 @@ def _job(state: NeedState, hf_cache: str, torch_hub: str, mirror: Optional[str])
 def fetch(state: NeedState, env: dict, hf_cache: str, torch_hub: str, timeout: float,
           mirror: Optional[str] = None) -> Download:
     """Download one need in a subprocess with the launch environment (offline switches removed)."""
-    from doctor.secrets import mask_text
+    from core.secrets import mask_text
 
     job = _job(state, hf_cache, torch_hub, mirror)
     child_env = {k: v for k, v in env.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
@@ -165,7 +165,7 @@ def _give_back(ctx, since: float) -> None:
     if os.getuid() != 0 or not launch.invoking_home or launch.invoking_uid in (0, -1):
         return
     try:
-        from doctor.ownership import give_back
+        from core.ownership import give_back
     except ImportError:  # pragma: no cover - ownership ships with the runner
         return
     import pwd

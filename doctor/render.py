@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-from doctor.launch import RELEVANT_VARS, which
-from doctor.model import ERROR, FAIL, GROUPS, OK, STATUS_ORDER, WARN, Finding, Report
-from doctor.secrets import mask, mask_text
+from core.launch import RELEVANT_VARS, which
+from core.model import ERROR, FAIL, GROUPS, OK, STATUS_ORDER, WARN, Finding, Report
+from core.secrets import mask, mask_text
 
 FORMAT_VERSION = 1
 GROUP_TITLES = {"settings": "Settings file and registry", "cache": "Weights, data and interpreters",

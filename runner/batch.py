@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-from doctor.secrets import mask_text
+from core.secrets import mask_text
 from runner import gpuwatch
 from runner.command import side_command
 from runner.energy import EnergyPlan
@@ -117,7 +117,7 @@ class Batch:
         """Running as root for a sudo user: hand back what the run created in its results folder."""
         if self.owner is None:
             return []
-        from doctor.ownership import give_back
+        from core.ownership import give_back
 
         uid, gid = self.owner[0], self.owner[1]
         return list(give_back([self.run_dir], uid, gid, since=self.since,
@@ -128,7 +128,7 @@ class Batch:
         in the caches its children used under the user's home, and in the repos under it."""
         if self.owner is None:
             return []
-        from doctor.ownership import give_back
+        from core.ownership import give_back
 
         uid, gid, _user, home = self.owner
         changed = self._give_back_run_dir()
@@ -142,7 +142,7 @@ class Batch:
         children use, the repos (checkpoints, logs), the doctor's memo folder (under `sudo -E`)."""
         if self.owner is None or not self.owner[3]:
             return []
-        from doctor.memo import memo_dir
+        from core.memo import memo_dir
 
         prefix = self.owner[3].rstrip("/") + "/"
         roots = {memo_dir(self.ctx.options)}
@@ -157,7 +157,7 @@ class Batch:
     def take_snapshot(self) -> None:
         """Root-owned entries under the user's folders before the run: they stay root's."""
         if self.owner is not None:
-            from doctor.ownership import snapshot
+            from core.ownership import snapshot
 
             self.before = snapshot(self.home_roots())
 

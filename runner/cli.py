@@ -193,7 +193,7 @@ def _dry_run(args, ctx, jobs, preflights, seed, energy) -> int:
 
 def run(args) -> int:
     from doctor.cli import UsageError
-    from doctor.ownership import sudo_owner
+    from core.ownership import sudo_owner
     from runner.batch import Batch, new_run_dir
     from runner.execute import StopRequest
     from runner.expand import expand, jobs_from_manifest

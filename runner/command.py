@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any, List, Mapping, Tuple
 
-from doctor.registry import Registry, RepoSpec
+from core.registry import Registry, RepoSpec
 
 
 def format_value(kind: str, value: Any) -> str:

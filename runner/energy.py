@@ -68,7 +68,7 @@ def plan(ctx, report, env: Mapping[str, str], argv_prefix: Sequence[str] = ()) -
         return EnergyPlan(why_not=f"cannot tell whether energy is asked for: {e}")
     if not asked:
         return EnergyPlan(why_not=why)
-    from doctor.launch import which
+    from core.launch import which
 
     perf = which("perf", env)
     if not perf:
@@ -103,7 +103,7 @@ def read_metrics(exp_dir: str) -> Dict[str, float]:
                + f"Total CPU Energy (Joules): {out['cpu_energy_total_joules']:.2f}\n\n"
                "Note: Measured using perf stat with direct command wrapping\n")
     try:
-        from doctor.memo import write_atomic
+        from core.memo import write_atomic
 
         write_atomic(os.path.join(exp_dir, "energy", "cpu_energy.txt"), summary.encode(), durable=False)
     except OSError:

@@ -13,8 +13,8 @@ import random
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from doctor.model import Experiment, Side
-from doctor.registry import Hyperparam, Registry
+from core.model import Experiment, Side
+from core.registry import Hyperparam, Registry
 
 MAX_DRAWS = 1000
 

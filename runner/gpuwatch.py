@@ -1,6 +1,6 @@
 """The GPU between experiments: foreign processes holding memory, and waiting for memory to free.
 
-Uses `checks.gpu` (`query_gpus`, `foreign_processes`) when it is available; without it, or without
+Uses `core.gpu` (`query_gpus`, `foreign_processes`) when it is available; without it, or without
 nvidia-smi, every function answers "nothing known" and the runner goes on.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Callable, Iterable, List, Optional, Tuple
 
 def _api():
     try:
-        from checks.gpu import foreign_processes, query_gpus
+        from core.gpu import foreign_processes, query_gpus
     except ImportError:
         return None, None
     return query_gpus, foreign_processes

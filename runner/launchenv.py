@@ -18,10 +18,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from doctor.context import DoctorContext, NeedState
-from doctor.launch import parse_launch
-from doctor.model import OK, Experiment, Finding, LaunchContext, Report
-from doctor.secrets import mask, mask_text
+from core.context import DoctorContext, NeedState
+from core.launch import parse_launch
+from core.model import OK, Experiment, Finding, LaunchContext, Report
+from core.secrets import mask, mask_text
 from runner.execute import TOKEN_VAR
 
 HUB_KINDS = ("timm", "hf", "torchvision")

@@ -18,7 +18,7 @@ import json
 import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from doctor.memo import write_atomic
+from core.memo import write_atomic
 from runner.execute import now_iso
 
 FORMAT_VERSION = 1

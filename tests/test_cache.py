@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from doctor import hubcache
-from doctor.hubcache import BROKEN, MISSING, PRESENT
+from core import hubcache
+from core.hubcache import BROKEN, MISSING, PRESENT
 from tests.support import HRNET_REPO, TINY_REPO, caches
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,12 +11,12 @@ import sys
 import pytest
 
 from checks.env import check_offline_policy, check_propagation, sudoers_fix
-from doctor.context import DoctorContext, Options
+from core.context import DoctorContext, Options
 from doctor.engine import run_doctor
-from doctor.launch import REFUSED_NOTE, RELEVANT_VARS, build_launch_context
-from doctor.model import FAIL, OK, WARN
-from doctor.plan import load_plan
-from doctor.registry import load_registry
+from core.launch import REFUSED_NOTE, RELEVANT_VARS, build_launch_context
+from core.model import FAIL, OK, WARN
+from core.plan import load_plan
+from core.registry import load_registry
 from doctor.render import finding_dict
 from tests.support import TINY_CONFIG, TINY_REPO, caches
 from tests.support.hubserver import HubServer

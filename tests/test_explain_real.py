@@ -722,8 +722,8 @@ def test_cli_on_real_results(real, tmp_path, capsys):
 
 
 def test_rerun_file_loads_as_a_plan(real, tmp_path):
-    from doctor.plan import load_plan
-    from doctor.registry import load_registry
+    from core.plan import load_plan
+    from core.registry import load_registry
 
     root = Path(__file__).resolve().parents[1]
     rr = tmp_path / "rerun.json"

@@ -1,4 +1,4 @@
-"""doctor.launch and doctor.sudo without the real sudo: --launch parsing, sudo's rules as simulated
+"""core.launch and core.sudo without the real sudo: --launch parsing, sudo's rules as simulated
 (each case measured on sudo 1.9.13; tests/test_sudo.py compares them with sudo itself), parsing of
 `sudo -l` / `sudo -V`, and the need-state probe protocol run for real in a subprocess."""
 import dataclasses
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from doctor import hubcache, sudo
-from doctor.launch import (SECURE_PATH, LaunchSpec, LaunchSpecError, build_launch_context, invoking_environment,
+from core import hubcache, sudo
+from core.launch import (SECURE_PATH, LaunchSpec, LaunchSpecError, build_launch_context, invoking_environment,
                            parse_launch, simulate_sudo)
 
 CALLER = pwd.struct_passwd(("u", "x", 1000, 1000, "", "/home/u", "/bin/zsh"))

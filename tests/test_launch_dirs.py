@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from doctor.launch import expandvars, expanduser, hf_cache_dir, torch_hub_dir
+from core.launch import expandvars, expanduser, hf_cache_dir, torch_hub_dir
 
 HOME = "/home/someone"
 

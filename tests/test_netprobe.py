@@ -1,4 +1,4 @@
-"""checks.netprobe against real misbehaving peers on 127.0.0.1: every class, the deadline, masking."""
+"""core.netprobe against real misbehaving peers on 127.0.0.1: every class, the deadline, masking."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from checks import netprobe as np
+from core import netprobe as np
 from tests.support import netservers as ns
 
 TIMEOUT = 1.0

@@ -14,10 +14,10 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import pytest
 
-from checks import netprobe as np
+from core import netprobe as np
 from checks.network import (BACKOFF, ETAG_RETRY_TIMEOUT, MAX_RETRIES, check_network, etag_timeout, hub_falls_back,
                             hub_time_to_failure, hub_wait_cached)
-from doctor.model import FAIL, OK, WARN, LaunchContext, Need
+from core.model import FAIL, OK, WARN, LaunchContext, Need
 from tests.support import netservers as ns
 
 TIMEOUT = 1.0
@@ -26,7 +26,7 @@ SECRET = "pa55-w0rd-x"
 pytestmark = pytest.mark.skipif(not ns.openssl_available(), reason="the openssl command is needed to make test certificates")
 
 
-# --- a stand-in for doctor.context.DoctorContext with the attributes check_network relies on
+# --- a stand-in for core.context.DoctorContext with the attributes check_network relies on
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from doctor.plan import load_plan, registry_plan, safe_id
-from doctor.registry import SettingsError, load_registry
+from core.plan import load_plan, registry_plan, safe_id
+from core.registry import SettingsError, load_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus" / "user-project"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from doctor.model import Experiment, Side
-from doctor.registry import load_registry
+from core.model import Experiment, Side
+from core.registry import load_registry
 from runner.command import build_argv, format_value
 from runner.expand import expand, sample_value
 from runner.logtail import classify, error_excerpt, extract_metrics
@@ -61,7 +61,7 @@ def test_single_small_int_range_gives_distinct_values_and_skips_the_default():
 
 
 def test_log_uniform_draws_spread_over_decades():
-    from doctor.registry import Hyperparam
+    from core.registry import Hyperparam
 
     h = Hyperparam("wd", "--wd", "float", 0.0, (1e-5, 1e-3), "log_uniform")
     rng = random.Random(3)
@@ -234,7 +234,7 @@ def test_journal_survives_a_torn_last_line_and_tells_what_finished(tmp_path):
 def test_give_back_chowns_what_the_run_created_and_nothing_else(tmp_path):
     import time
 
-    from doctor.ownership import give_back, snapshot
+    from core.ownership import give_back, snapshot
 
     uid, gid = 54321, 54321
     home = tmp_path / "home"

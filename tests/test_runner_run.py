@@ -335,7 +335,7 @@ echo "ACC 0.$4"
 
 # -- the GPU between experiments ------------------------------------------------------------------
 def test_foreign_gpu_process_recorded_and_wait_for_gpu_waits_for_memory(tmp_path, env):
-    pytest.importorskip("checks.gpu")
+    pytest.importorskip("core.gpu")
     from tests.support import fake_nvidia_smi
 
     bindir = tmp_path / "bin"

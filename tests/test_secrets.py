@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from doctor.secrets import is_secret_name, mask, mask_env, mask_text
+from core.secrets import is_secret_name, mask, mask_env, mask_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from doctor import sudo
-from doctor.launch import RELEVANT_VARS, build_launch_context, parse_launch, simulate_sudo
+from core import sudo
+from core.launch import RELEVANT_VARS, build_launch_context, parse_launch, simulate_sudo
 from tests.support import TINY_CONFIG, TINY_REPO, caches
 from tests.support.hubserver import HubServer
 from tests.support.sudo_user import install_sudoers, skip_reason, throwaway_user, user_python
@@ -283,7 +283,7 @@ def test_invoking_environment_is_what_the_shell_handed_to_sudo(user, upy, projec
     exported after the shell started (absent from the shell's own /proc environ)."""
     late = ("import os, subprocess, sys; os.environ['HF_HUB_OFFLINE'] = '1'; "
             "sys.exit(subprocess.call(sys.argv[1:]))")
-    code = "import json; from doctor.launch import invoking_environment as f; print(json.dumps(f()))"
+    code = "import json; from core.launch import invoking_environment as f; print(json.dumps(f()))"
     env = user.env(**upy[1], HF_HOME="/data/hf")
     p = user.run([upy[0], "-c", late, "sudo", "-n", sys.executable, "-c", code], env=env, cwd=str(ROOT))
     assert p.returncode == 0, p.stderr

@@ -1,8 +1,8 @@
-"""GPU checks and `checks.gpu`, against a stand-in `nvidia-smi`.
+"""GPU checks and `core.gpu`, against a stand-in `nvidia-smi`.
 
 This machine has no GPU. `tests/support/fake_nvidia_smi.py`, installed as an executable named
 `nvidia-smi` first on the PATH of the environment under test, represents a GPU machine: it answers
-the exact queries `checks.gpu` makes in nvidia-smi's documented CSV format. The processes it lists
+the exact queries `core.gpu` makes in nvidia-smi's documented CSV format. The processes it lists
 are real processes started here (one of them a real orphan reparented to init by a double fork),
 so everything psutil reports about them (user, command line, parent) is real.
 """
@@ -18,10 +18,10 @@ import time
 import psutil
 import pytest
 
-from checks import gpu as gpulib
+from core import gpu as gpulib
 from checks import system
 from doctor.engine import verdicts
-from doctor.model import FAIL, OK, WARN
+from core.model import FAIL, OK, WARN
 from tests.support import fake_nvidia_smi
 from tests.test_system_support import (ROOT, as_list, by_id, gone, kill, launch_for, make_ctx, one, orphan, repo,
                                        settings)

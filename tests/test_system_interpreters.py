@@ -14,7 +14,7 @@ import time
 import pytest
 
 from checks import system
-from doctor.model import FAIL, OK, WARN
+from core.model import FAIL, OK, WARN
 from tests.support import fake_nvidia_smi
 from tests.test_system_support import VENV_PYTHON, as_list, launch_for, make_ctx, one, repo, settings
 

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from checks import system
-from doctor.model import FAIL, OK, WARN
+from core.model import FAIL, OK, WARN
 from tests.test_system_support import as_list, launch_for, make_ctx, one, repo, settings, throwaway_user  # noqa: F401
 
 IS_ROOT = os.getuid() == 0

@@ -22,7 +22,7 @@ import pytest
 
 from checks import system
 from doctor.engine import verdicts
-from doctor.model import FAIL, OK, WARN
+from core.model import FAIL, OK, WARN
 from tests.test_system_support import as_list, launch_for, make_ctx, one, repo, settings, throwaway_user  # noqa: F401
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="root-owned files, other users and mounts need root")
@@ -188,7 +188,7 @@ def test_dataset_on_a_mount_that_does_not_answer(hung_mount, tmp_path):
 
 def test_cache_group_does_not_hang_on_a_dead_mount(hung_mount, tmp_path):
     """The cache group stats dataset paths too: bounded, reported as broken, the doctor goes on."""
-    from doctor import hubcache
+    from core import hubcache
 
     t0 = time.monotonic()
     state = hubcache.inspect_path(str(hung_mount / "cifar10"), "dataset", timeout=1.0)

@@ -21,10 +21,10 @@ from typing import Mapping, Optional
 import psutil
 import pytest
 
-from doctor.context import DoctorContext, Options
-from doctor.model import LaunchContext
-from doctor.plan import load_plan
-from doctor.registry import load_registry
+from core.context import DoctorContext, Options
+from core.model import LaunchContext
+from core.plan import load_plan
+from core.registry import load_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PYTHON = str(ROOT / ".venv" / "bin" / "python")

@@ -24,7 +24,7 @@ from doctor.explain.model import (BLOCKED, FAILED, INDIRECT, SUCCEEDED, SUSPICIO
 from doctor.explain.readers import (DEFAULT_CAP, FIRST_BLOCK, SUCCESS_BLOCK, ExplainInputError, JsonRecord, Tail,
                                     clean_line, find_experiments, read_experiment_json, read_small_text)
 from doctor.explain.traceback import Chain, ExceptionRecord, find_fatal
-from doctor.secrets import mask_text
+from core.secrets import mask_text
 
 TB_MARK = "Traceback (most recent call last)"
 TB_MARK_B = TB_MARK.encode()

@@ -141,7 +141,7 @@ def rerun_settings(report: BatchReport, name: str = "") -> Dict[str, Any]:
 
 def write_rerun(report: BatchReport, path: str) -> int:
     """Write the rerun settings file atomically; returns the number of entries."""
-    from doctor.memo import write_atomic
+    from core.memo import write_atomic
 
     data = rerun_settings(report)
     write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

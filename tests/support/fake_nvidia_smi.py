@@ -2,7 +2,7 @@
 
 `install(bin_dir, state)` writes an executable `bin_dir/nvidia-smi` (this file, run by the test
 interpreter) and its state `bin_dir/nvidia-smi.json`; put `bin_dir` first on the PATH of the
-environment under test. It answers the queries `checks.gpu` makes, in nvidia-smi's documented
+environment under test. It answers the queries `core.gpu` makes, in nvidia-smi's documented
 `--format=csv,noheader,nounits` output (values separated by ", ", as nvidia-smi prints them):
 
     nvidia-smi --query-gpu=FIELD[,FIELD...] --format=csv,noheader,nounits

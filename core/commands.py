@@ -29,7 +29,7 @@ def doctor_command(ctx, verb: str = "", as_launch_user: bool = False, launch: st
     """mutation-doctor with this run's settings and `--launch` (or `launch`). `as_launch_user`:
     prefixed with the launch's sudo words instead (when we are not root already), so it looks at
     or writes the launch user's caches."""
-    from doctor.launch import parse_launch
+    from core.launch import parse_launch
 
     how = launch or getattr(ctx.options, "launch", "current") or "current"
     spec = parse_launch(how)

@@ -60,7 +60,7 @@ class Need:
         (a train.sh run under sudo expands `~` to /root); relative paths start at the repo folder."""
         import os.path
 
-        from doctor.launch import expanduser
+        from core.launch import expanduser
 
         p = expanduser(str(self.spec.get("path") or self.spec.get("python") or ""), home)
         return os.path.normpath(p if os.path.isabs(p) else os.path.join(self.repo_dir, p))
@@ -142,19 +142,19 @@ class LaunchContext:
 
     @property
     def hf_cache(self) -> str:
-        from doctor.launch import hf_cache_dir
+        from core.launch import hf_cache_dir
 
         return hf_cache_dir(self.env, self.home)
 
     @property
     def torch_hub(self) -> str:
-        from doctor.launch import torch_hub_dir
+        from core.launch import torch_hub_dir
 
         return torch_hub_dir(self.env, self.home)
 
     @property
     def offline(self) -> bool:
-        from doctor.launch import is_offline
+        from core.launch import is_offline
 
         return is_offline(self.env)
 

@@ -6,14 +6,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
-from doctor import hubcache
-from doctor.hubcache import PRESENT, UNREADABLE, FileState
-from doctor.launch import ask_sudo_default, other_cache_locations
-from doctor.memo import memo_dir
-from doctor.model import GROUPS, LaunchContext, Need
-from doctor.plan import Plan
-from doctor.registry import Registry
-from doctor.resolve import Resolved, ResolveError, Resolver
+from core import hubcache
+from core.hubcache import PRESENT, UNREADABLE, FileState
+from core.launch import ask_sudo_default, other_cache_locations
+from core.memo import memo_dir
+from core.model import GROUPS, LaunchContext, Need
+from core.plan import Plan
+from core.registry import Registry
+from core.resolve import Resolved, ResolveError, Resolver
 
 HUB_KINDS = ("timm", "hf")  # needs served from the Hugging Face Hub
 DOWNLOADED_KINDS = HUB_KINDS + ("torchvision",)  # needs a library downloads into a cache
@@ -139,7 +139,7 @@ class DoctorContext:
         if not (self.options.ask_sudo and ask_sudo_default()) or os.getuid() == 0 or launch.uid != 0 \
                 or launch.source == "self":
             return False
-        from doctor import sudo
+        from core import sudo
 
         if not sudo.passwordless():
             self.inspect_notes += (f"the caches were inspected as {launch.invoking_user}, not as {launch.user}: "
@@ -148,7 +148,7 @@ class DoctorContext:
         return True
 
     def _tasks(self, need: Need, hf_cache: str, torch_hub: str):
-        """The inspection tasks (see doctor.sudo.inspect_task) of one need, and its resolution."""
+        """The inspection tasks (see core.sudo.inspect_task) of one need, and its resolution."""
         if need.kind == "path":
             return [("path", need.path_for(self.launch.home), need.spec.get("kind", "file"))], None
         if need.kind == "python":
@@ -160,7 +160,7 @@ class DoctorContext:
 
     def _states_as_launch_user(self, items) -> Optional[list]:
         """All needs inspected in one `sudo -n` probe; None (and a note) when that is not possible."""
-        from doctor import sudo
+        from core import sudo
 
         planned, tasks = [], []
         for need, ids in items:
@@ -185,7 +185,7 @@ class DoctorContext:
         return out
 
     def _inspect(self, need: Need, hf_cache: str, torch_hub: str, verify: bool):
-        from doctor.sudo import inspect_task
+        from core.sudo import inspect_task
 
         tasks, r = self._tasks(need, hf_cache, torch_hub)
         return tuple(inspect_task(t, verify, self.hashes) for t in tasks), r

@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Tuple
 
-from doctor.model import LaunchContext
+from core.model import LaunchContext
 
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
@@ -186,7 +186,7 @@ def simulate_sudo(env: Mapping[str, str], spec: LaunchSpec, caller: pwd.struct_p
                   target: pwd.struct_passwd, command: str = "", defaults=None) -> Dict[str, str]:
     """The environment sudo gives the command, computed the way sudo 1.9 does it.
 
-    `defaults` (a doctor.sudo.SudoDefaults, e.g. read from `sudo -n -l`) overrides Debian's
+    `defaults` (a core.sudo.SudoDefaults, e.g. read from `sudo -n -l`) overrides Debian's
     built-in lists. Measured behaviour reproduced here:
     - the loader strips SETUID_STRIPPED (LD_LIBRARY_PATH, TMPDIR, ...) before sudo even starts;
     - plain `sudo` (env_reset) keeps env_keep and the safe env_check values; HOME, SHELL, MAIL,
@@ -342,7 +342,7 @@ def build_launch_context(how: str = "current", environ: Optional[Mapping[str, st
     notes = []
     answer = None
     if ask_sudo if ask_sudo is not None else ask_sudo_default():
-        from doctor import sudo
+        from core import sudo
 
         answer = sudo.ask(spec, inv_env, user=asker, timeout=sudo_timeout)
     if answer is not None and answer.ok:

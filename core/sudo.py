@@ -9,7 +9,7 @@ Everything here runs `sudo -n` (never a password prompt) with argv lists and a s
 When the doctor runs as root (started with sudo, or by root), `sudo` asked as root is not what
 the user gets, so the questions are asked as the invoking user (setpriv, same environment).
 
-`python -m doctor.sudo needstates` (or `needstate_argv()`) is the probe that inspects caches as
+`python -m core.sudo needstates` (or `needstate_argv()`) is the probe that inspects caches as
 the launch user: it reads inspection tasks as JSON on stdin and prints FileStates as JSON.
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from doctor.launch import (SECURE_PATH, SUDO_ENV_CHECK, SUDO_ENV_DELETE, SUDO_ENV_KEEP, LaunchSpec,
+from core.launch import (SECURE_PATH, SUDO_ENV_CHECK, SUDO_ENV_DELETE, SUDO_ENV_KEEP, LaunchSpec,
                            parse_launch, simulate_sudo, which)
-from doctor.model import LaunchContext
+from core.model import LaunchContext
 
 SUDO_TIMEOUT = 3.0
 ENV_BINARY = "/usr/bin/env"
@@ -381,7 +381,7 @@ def simulation_differences(launch: LaunchContext) -> Tuple[Tuple[str, Optional[s
 def inspect_task(task: Sequence, verify: bool = False, memo=None):
     """One inspection task, here, as this process: ("hf", cache, repo_id, file, revision),
     ("torch", hub_dir, file), ("path", path, kind) or ("python", path). Returns a FileState."""
-    from doctor import hubcache
+    from core import hubcache
 
     op, args = task[0], list(task[1:])
     if op == "hf":
@@ -396,7 +396,7 @@ def inspect_task(task: Sequence, verify: bool = False, memo=None):
     raise ValueError(f"unknown inspection task {op!r}")
 
 
-_PROBE_CODE = ("import sys; sys.path.insert(0, sys.argv[1]); from doctor.sudo import probe_main; "
+_PROBE_CODE = ("import sys; sys.path.insert(0, sys.argv[1]); from core.sudo import probe_main; "
                "sys.exit(probe_main())")
 
 
@@ -411,7 +411,7 @@ def needstate_argv(prefix: Sequence[str] = ("sudo", "-n"), python: Optional[str]
 def probe_main(stdin=None, stdout=None) -> int:
     """Entry of the probe: {"tasks": [...], "verify": bool, "memo": path|null} on stdin, one JSON
     object {"uid": ..., "states": [FileState fields ...]} on stdout. Writes nothing to disk."""
-    from doctor.hubcache import HashMemo
+    from core.hubcache import HashMemo
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     try:
@@ -436,7 +436,7 @@ def inspect_as(tasks: Sequence[Sequence], verify: bool = False, memo_path: Optio
                prefix: Sequence[str] = ("sudo", "-n"), timeout: Optional[float] = None):
     """Run the inspection tasks through `prefix` (default `sudo -n`): (list of FileState, "") or
     (None, why it could not be done)."""
-    from doctor.hubcache import FileState
+    from core.hubcache import FileState
 
     sudo = find_sudo()
     if prefix and prefix[0] == "sudo":
@@ -458,8 +458,8 @@ def inspect_as(tasks: Sequence[Sequence], verify: bool = False, memo_path: Optio
     return states, ""
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m doctor.sudo needstates`
+if __name__ == "__main__":  # pragma: no cover - `python -m core.sudo needstates`
     if sys.argv[1:2] != ["needstates"]:
-        print("usage: python -m doctor.sudo needstates < tasks.json", file=sys.stderr)
+        print("usage: python -m core.sudo needstates < tasks.json", file=sys.stderr)
         sys.exit(2)
     sys.exit(probe_main())

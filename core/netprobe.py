@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import unquote, urlsplit
 
-from doctor.secrets import mask_value
+from core.secrets import mask_value
 
 # Classifications.
 OK = "ok"

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Tuple
 
-from doctor.memo import JsonMemo
-from doctor.model import Need
+from core.memo import JsonMemo
+from core.model import Need
 
 HF_SAFE = "model.safetensors"
 HF_BIN = "pytorch_model.bin"

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from doctor.model import FAIL, OK, WARN, Experiment, Finding, Side
-from doctor.registry import Registry, SettingsError, read_json
+from core.model import FAIL, OK, WARN, Experiment, Finding, Side
+from core.registry import Registry, SettingsError, read_json
 
 TOP_KEYS = {"experiment_name", "description", "governor", "runs_per_config", "max_retries", "mode",
             "use_deduplication", "historical_csvs", "experiments",

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from doctor.memo import JsonMemo
+from core.memo import JsonMemo
 
 PRESENT, MISSING, UNREADABLE, BROKEN = "present", "missing", "unreadable", "broken"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

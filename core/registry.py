@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from doctor.model import Need
+from core.model import Need
 
 NEED_KINDS = ("timm", "torchvision", "hf", "path", "python", "gpu", "gpu_memory_gb")
 
