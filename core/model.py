@@ -8,11 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
-# Finding statuses, from best to worst. "error" means a check crashed.
-OK, WARN, FAIL, ERROR = "ok", "warn", "fail", "error"
-STATUS_ORDER = {OK: 0, WARN: 1, ERROR: 2, FAIL: 3}
-
-GROUPS = ("settings", "cache", "env", "network", "system")
+from core.vocab import BLOCKED, ERROR, FAIL, GROUPS, OK, STATUS_ORDER, WARN  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)
@@ -204,7 +200,7 @@ class Report:
 
     @property
     def blocked(self) -> Tuple[Verdict, ...]:
-        return tuple(v for v in self.verdicts if v.verdict == "blocked")
+        return tuple(v for v in self.verdicts if v.verdict == BLOCKED)
 
     @property
     def exit_code(self) -> int:

@@ -8,8 +8,9 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 from checks import CHECKS, Check
 from core.context import DoctorContext
-from core.model import ERROR, FAIL, Finding, Report, Verdict
+from core.model import Finding, Report, Verdict
 from core.secrets import mask_text
+from core.vocab import BLOCKED, ERROR, FAIL, PASS
 
 
 def _as_list(result) -> List[Finding]:
@@ -43,7 +44,7 @@ def verdicts(experiments, findings: Iterable[Finding]) -> Tuple[Verdict, ...]:
     out = []
     for e in experiments:
         ids = tuple(dict.fromkeys(blockers.get(e.id, ())))
-        out.append(Verdict(experiment=e, verdict="blocked" if ids else "pass", blocked_by=ids))
+        out.append(Verdict(experiment=e, verdict=BLOCKED if ids else PASS, blocked_by=ids))
     return tuple(out)
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 from typing import Dict, List
 
 from core.launch import RELEVANT_VARS, which
-from core.model import ERROR, FAIL, GROUPS, OK, STATUS_ORDER, WARN, Finding, Report
+from core.model import Finding, Report
 from core.secrets import mask, mask_text
-
-FORMAT_VERSION = 1
+from core.vocab import ERROR, FAIL, FINDING_STATUSES, FORMAT_VERSION, GROUPS, OK, PASS, STATUS_ORDER, WARN
 GROUP_TITLES = {"settings": "Settings file and registry", "cache": "Weights, data and interpreters",
                 "env": "Environment of the launched process", "network": "Network reachability of the hubs",
                 "system": "Machine: GPU, energy counters, disk, ownership"}
@@ -45,7 +44,7 @@ def finding_dict(f: Finding, env) -> dict:
 
 
 def summary(report: Report) -> dict:
-    counts = {s: 0 for s in (OK, WARN, FAIL, ERROR)}
+    counts = {s: 0 for s in FINDING_STATUSES}
     for f in report.findings:
         counts[f.status] += 1
     blocked = len(report.blocked)
@@ -132,7 +131,7 @@ def render_terminal(report: Report, console, verbose: bool = False) -> None:
             table.add_column(col)
         rows = report.verdicts if verbose or len(report.verdicts) <= 40 else report.blocked
         for v in rows:
-            style = "green" if v.verdict == "pass" else "red"
+            style = "green" if v.verdict == PASS else "red"
             table.add_row(escape(v.experiment.id), v.experiment.mode, f"[{style}]{v.verdict}[/{style}]",
                           escape(", ".join(v.blocked_by)))
         console.print()

@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from core.memo import write_atomic
 from runner.execute import now_iso
 
-FORMAT_VERSION = 1
+from core.vocab import FORMAT_VERSION
 STATUSES = ("passed", "failed", "blocked", "interrupted")
 FIXED_COLUMNS = ("experiment_id", "timestamp", "repository", "model", "training_success", "duration_seconds", "retries")
 # mutation.py's energy columns, in its order, and the experiment.json keys they come from

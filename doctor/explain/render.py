@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from doctor.explain.model import (BLOCKED, FAILED, SUCCEEDED, SUSPICIOUS, BatchReport, Explanation)
 
-FORMAT_VERSION = 1
+from core.vocab import FORMAT_VERSION
 MARK = {SUCCEEDED: "✓", FAILED: "✗", BLOCKED: "⊘", SUSPICIOUS: "!"}
 STYLE = {SUCCEEDED: "green", FAILED: "red", BLOCKED: "yellow", SUSPICIOUS: "yellow"}
 
