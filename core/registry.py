@@ -38,6 +38,7 @@ class Hyperparam:
     default: Any = None
     range: Optional[Tuple[float, float]] = None
     distribution: str = "uniform"
+    zero_probability: float = 0.0  # chance that a draw is exactly 0 before the distribution is used
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,12 @@ def _hyperparams(file: str, where: str, raw: Any) -> Dict[str, Hyperparam]:
         rng = h.get("range")
         if rng is not None and not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, (int, float)) for x in rng)):
             raise SettingsError(file, f"{where}.{name}.range", "expected [low, high]")
+        zp = h.get("zero_probability", 0.0)
+        if isinstance(zp, bool) or not isinstance(zp, (int, float)) or not 0 <= zp <= 1:
+            raise SettingsError(file, f"{where}.{name}.zero_probability", "expected a number from 0 to 1")
         out[name] = Hyperparam(name=name, flag=h["flag"], type=str(h.get("type", "float")), default=h.get("default"),
-                               range=tuple(rng) if rng else None, distribution=str(h.get("distribution", "uniform")))
+                               range=tuple(rng) if rng else None, distribution=str(h.get("distribution", "uniform")),
+                               zero_probability=float(zp))
     return out
 
 
