@@ -4,14 +4,17 @@
   first, the exception that ended the process last), not the name of a regex.
 - `classify()`: transient (network trouble, a timeout, a killed process: a retry may help) or not
   (a missing file or module, a config error, a cache miss, CUDA out of memory: it would fail the
-  same way again), with the reason in words.
+  same way again), with the reason in words, by the failure catalogue explain uses (core.failures).
 - `extract_metrics()`: the registry's `log_patterns`, last match of each.
 """
 from __future__ import annotations
 
 import os
 import re
+import stat
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from core import failures
 
 TAIL_BYTES = 256 * 1024
 METRIC_BYTES = 16 * 1024 * 1024
@@ -19,52 +22,31 @@ METRIC_BYTES = 16 * 1024 * 1024
 _TB = "Traceback (most recent call last)"
 _CHAIN = ("The above exception was the direct cause", "During handling of the above exception")
 
-# Checked first: a retry cannot help (checked on the exception that ended the process, then on the
-# rest of its chain, then on the tail).
-NOT_TRANSIENT: Tuple[Tuple[str, str], ...] = (
-    (r"LocalEntryNotFoundError|OfflineModeIsEnabled|cannot find the requested files in the local cache",
-     "weights not in the cache the process used (a cache miss; retrying fails the same way)"),
-    (r"CERTIFICATE_VERIFY_FAILED|SSLCertVerificationError|certificate verify failed",
-     "TLS certificate rejected (proxy or CA configuration)"),
-    (r"(Repository|Revision|Entry|RemoteEntry)NotFoundError|GatedRepoError|401 Client Error|404 Client Error",
-     "the Hub does not have that file or repository"),
-    (r"ModuleNotFoundError|ImportError|No module named", "a Python module is missing"),
-    (r"FileNotFoundError|No such file or directory|NotADirectoryError|IsADirectoryError", "a file or folder is missing"),
-    (r"PermissionError|Permission denied|Operation not permitted", "permission denied"),
-    (r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED", "CUDA out of memory"),
-    (r"no kernel image is available|CUDA error: invalid device|Torch not compiled with CUDA",
-     "the interpreter's torch does not support this GPU"),
-    (r"unrecognized arguments|error: argument|invalid choice|the following arguments are required",
-     "the train script rejected its arguments (config error)"),
-    (r"\b(KeyError|ValueError|TypeError|AttributeError|NameError|SyntaxError|IndentationError|AssertionError|"
-     r"IndexError|ZeroDivisionError|NotImplementedError)\b", "an error in the code or its configuration"),
-    (r"Python not found|command not found|conda env.* not found|EnvironmentLocationNotFound",
-     "the interpreter or environment is missing"),
-)
-TRANSIENT: Tuple[Tuple[str, str], ...] = (
-    (r"ConnectTimeout|ReadTimeout|WriteTimeout|PoolTimeout|TimeoutException|handshake operation timed out|"
-     r"Read timed out|timed out", "network timeout"),
-    (r"Connection reset by peer|ConnectionResetError|Connection aborted|RemoteDisconnected|IncompleteRead|"
-     r"ChunkedEncodingError|RemoteProtocolError|BrokenPipeError", "network connection dropped"),
-    (r"ConnectError|ConnectionError|Connection refused|ConnectionRefusedError|NewConnectionError|"
-     r"Temporary failure in name resolution|Name or service not known|Network is unreachable|URLError|"
-     r"MaxRetryError|ProxyError", "network error"),
-    (r"HTTP Error 5\d\d|50[234] Server Error|Service Unavailable|Bad Gateway|Gateway Time-?out",
-     "server error (5xx)"),
-    (r"^Killed$|\bKilled\b.*signal|oom-kill", "killed (out-of-memory killer?)"),
-)
+def read_end(path: str, max_bytes: int) -> Optional[Tuple[bytes, int]]:
+    """(the last `max_bytes` of a regular file, its size), or None. Nothing but a regular file is
+    read (a FIFO or device named as a log would block or never end), and never more than asked."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        start = max(0, st.st_size - max_bytes)
+        return os.pread(fd, st.st_size - start, start), st.st_size
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def read_tail(path: str, max_bytes: int = TAIL_BYTES) -> List[str]:
     """The last lines of a log (progress-bar carriage returns resolved to what a terminal shows)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except OSError:
+    got = read_end(path, max_bytes)
+    if got is None:
         return []
+    data, size = got
     text = data.decode("utf-8", errors="replace")
     lines = [ln.rsplit("\r", 1)[-1] if "\r" in ln else ln for ln in text.split("\n")]
     if size > max_bytes and lines:
@@ -123,43 +105,26 @@ def error_excerpt(lines: Sequence[str], limit: int = 12) -> List[str]:
     return (errs or tail)[-min(limit, 5):]
 
 
-def _match(table, text: str) -> Optional[str]:
-    for pattern, reason in table:
-        if re.search(pattern, text, re.MULTILINE):
-            return reason
-    return None
-
-
 def classify(lines: Sequence[str], exit_code: Optional[int], signal: Optional[str],
              timed_out: bool) -> Tuple[bool, str]:
-    """(transient, reason) of a failed attempt, from how it ended and its log's tail."""
+    """(transient, reason) of a failed attempt, from how it ended and its log's tail.
+
+    The cause comes from the failure catalogue that explain uses (core.failures): the exception
+    that ended the process, followed down its chain, else a tool or shell message at the end."""
     if timed_out:
         return True, "timeout"
-    chain = traceback_chain(lines)
-    final = "\n".join(chain[-1]) if chain else ""
-    rest = "\n".join(ln for block in chain[:-1] for ln in block)
-    tail = "\n".join(ln for ln in lines[-80:])
-    for text in (final, rest):
-        if not text:
-            continue
-        reason = _match(NOT_TRANSIENT, text)
-        if reason:
-            return False, f"{reason}: {(chain[-1][0] if chain else text.splitlines()[0])[:300]}"
-        reason = _match(TRANSIENT, text)
-        if reason:
-            return True, f"{reason}: {(chain[-1][0] if chain else text.splitlines()[0])[:300]}"
-    if signal:
+    chain = failures.find_fatal(lines)
+    cid, line = (failures.decisive(chain)[0], chain.fatal.line_text) if chain is not None else (None, "")
+    if cid is None and signal:
         return True, f"killed by {signal}"
-    if exit_code in (137, 143) and not chain:
+    if cid is None and chain is None and exit_code in (137, 143):
         return True, f"killed (exit code {exit_code})"
-    if not chain:
-        reason = _match(NOT_TRANSIENT, tail)
-        if reason:
-            return False, reason
-        reason = _match(TRANSIENT, tail)
-        if reason:
-            return True, reason
-    last = chain[-1][0] if chain else next((ln for ln in reversed(lines) if ln.strip()), "")
+    if cid is None:
+        cid, line = failures.cause_of_lines(lines)
+    if cid is not None:
+        short = failures.rule(cid).short or cid
+        return failures.is_transient(cid), f"{short}: {line[:300]}"
+    last = line or next((ln for ln in reversed(lines) if ln.strip()), "")
     return False, f"exit code {exit_code}: {last.strip()[:300]}" if last.strip() else f"exit code {exit_code}"
 
 
@@ -167,14 +132,10 @@ def extract_metrics(path: str, patterns: Mapping[str, str]) -> Dict[str, float]:
     """Each log pattern's last match in the log, as a number (unparseable matches are skipped)."""
     if not patterns:
         return {}
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - METRIC_BYTES))
-            text = f.read().decode("utf-8", errors="replace")
-    except OSError:
+    got = read_end(path, METRIC_BYTES)
+    if got is None:
         return {}
+    text = got[0].decode("utf-8", errors="replace")
     out: Dict[str, float] = {}
     for name, pattern in patterns.items():
         try:

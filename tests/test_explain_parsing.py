@@ -10,9 +10,9 @@ import tracemalloc
 
 import pytest
 
-from doctor.explain import catalogue as cat
+from core.failures import catalogue as cat
 from doctor.explain.readers import Tail, clean_line, find_experiments, ExplainInputError
-from doctor.explain.traceback import find_fatal, looks_like_exception
+from core.failures.traceback import find_fatal, looks_like_exception
 
 PY = sys.executable
 
@@ -209,7 +209,9 @@ def test_catalogue_recognises_exact_texts(text, expected):
 
 
 def test_catalogue_ids_are_the_issue_list():
-    assert set(cat.IDS) == {
+    from core.failures import cause_ids
+    assert cause_ids() == cat.IDS
+    assert set(cat.IDS) == {"network.connection", "metrics.not-extracted",
         "hub.cache-miss", "hub.cache-miss.sudo-home", "hub.tls", "hub.timeout", "hub.connection", "hub.proxy",
         "hub.not-found", "torchhub.download", "cuda.oom", "cuda.oom.foreign-process", "cuda.arch",
         "cuda.unavailable", "python.module-missing", "python.interpreter-missing", "data.missing", "config.error",

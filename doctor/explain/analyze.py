@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from doctor.explain import catalogue as cat
+from core.failures import catalogue as cat
 from doctor.explain.knowledge import Knowledge, WeightsNeed
 from doctor.explain.model import (BLOCKED, FAILED, INDIRECT, SUCCEEDED, SUSPICIOUS, BatchReport,
                                   Cause, Evidence, Explanation, NeedUse)
 from doctor.explain.readers import (DEFAULT_CAP, FIRST_BLOCK, SUCCESS_BLOCK, ExplainInputError, JsonRecord, Tail,
                                     clean_line, find_experiments, read_experiment_json, read_small_text)
-from doctor.explain.traceback import Chain, ExceptionRecord, find_fatal
+from core.failures.traceback import Chain, ExceptionRecord, find_fatal
 from core.secrets import mask_text
 
 TB_MARK = "Traceback (most recent call last)"

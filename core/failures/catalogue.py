@@ -11,17 +11,21 @@ import string
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
-from doctor.explain.traceback import Chain, ExceptionRecord, looks_like_exception
+from core.failures.traceback import Chain, ExceptionRecord, looks_like_exception
 
 
 @dataclass(frozen=True)
 class CauseRule:
-    """One catalogue entry. `chain` and `fix` are templates (str.format fields = fact names)."""
+    """One catalogue entry. `chain` and `fix` are templates (str.format fields = fact names);
+    `transient` says whether running the same experiment again may succeed (the runner retries
+    only those); `short` is the reason in a few words, as the runner records it."""
 
     id: str
     title: str
     chain: Tuple[str, ...]
     fix: Tuple[str, ...]
+    transient: bool = False
+    short: str = ""
 
 
 _HUB_NOTE = ("huggingface_hub falls back to the local cache when the Hub cannot be reached; "
@@ -47,6 +51,7 @@ RULES: Tuple[CauseRule, ...] = (
             "sudo mkdir -p {hf_cache} && sudo cp -a {found_entry} {hf_cache}/",
             "mutation-doctor -ec {rerun} --launch sudo",
         ),
+        short="weights not in the cache the process used (HOME moved under sudo; retrying fails the same way)",
     ),
     CauseRule(
         "hub.cache-miss",
@@ -65,6 +70,7 @@ RULES: Tuple[CauseRule, ...] = (
             "sudo --preserve-env=HF_HUB_CACHE,HF_HUB_OFFLINE env HF_HUB_CACHE={hf_cache_fix} HF_HUB_OFFLINE=1 {rerun_cmd}",
             "mutation-doctor -ec {rerun} --launch sudo",
         ),
+        short="weights not in the cache the process used (a cache miss; retrying fails the same way)",
     ),
     CauseRule(
         "hub.tls",
@@ -81,6 +87,7 @@ RULES: Tuple[CauseRule, ...] = (
             "export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt",
             "mutation-doctor -ec {rerun} --only network,cache",
         ),
+        short="TLS certificate rejected (proxy or CA configuration)",
     ),
     CauseRule(
         "hub.timeout",
@@ -98,6 +105,8 @@ RULES: Tuple[CauseRule, ...] = (
             "mutation-doctor prefetch -ec {rerun}",
             "mutation-doctor -ec {rerun} --only network,cache",
         ),
+        transient=True,
+        short="network timeout (Hugging Face Hub)",
     ),
     CauseRule(
         "hub.connection",
@@ -113,6 +122,8 @@ RULES: Tuple[CauseRule, ...] = (
             "export HF_HUB_OFFLINE=1   # once the weights are cached",
             "mutation-doctor -ec {rerun} --only network,cache",
         ),
+        transient=True,
+        short="network error (Hugging Face Hub)",
     ),
     CauseRule(
         "hub.proxy",
@@ -127,6 +138,8 @@ RULES: Tuple[CauseRule, ...] = (
             "export NO_PROXY=huggingface.co,hf.co HF_HUB_OFFLINE=1",
             "mutation-doctor -ec {rerun} --only network",
         ),
+        transient=True,
+        short="network error (proxy)",
     ),
     CauseRule(
         "hub.not-found",
@@ -142,6 +155,7 @@ RULES: Tuple[CauseRule, ...] = (
             "echo $HF_ENDPOINT",
             "huggingface-cli login",
         ),
+        short="the Hub does not have that file or repository",
     ),
     CauseRule(
         "torchhub.download",
@@ -157,6 +171,23 @@ RULES: Tuple[CauseRule, ...] = (
             "mutation-doctor prefetch -ec {rerun}",
             "sudo --preserve-env=TORCH_HOME env TORCH_HOME={torch_home_fix} {rerun_cmd}",
         ),
+        transient=True,
+        short="network error (torch hub download)",
+    ),
+    CauseRule(
+        "network.connection",
+        "A network connection failed",
+        (
+            "The run needed the network and the connection failed: {exc} ({where}).",
+            "It was not the Hugging Face Hub or the torch hub; a dataset download or a remote "
+            "service the training code talks to is the usual reason.",
+        ),
+        (
+            "tail -n 50 {log_path}",
+            "mutation-doctor -ec {rerun} --only network",
+        ),
+        transient=True,
+        short="network error",
     ),
     CauseRule(
         "cuda.oom.foreign-process",
@@ -171,6 +202,7 @@ RULES: Tuple[CauseRule, ...] = (
             "{kill_cmd}",
             "mutation-doctor -ec {rerun} --only system",
         ),
+        short="CUDA out of memory (memory held by another process)",
     ),
     CauseRule(
         "cuda.oom",
@@ -186,6 +218,7 @@ RULES: Tuple[CauseRule, ...] = (
             "mutation-doctor -ec {rerun} --only system",
             "{batch_fix}",
         ),
+        short="CUDA out of memory",
     ),
     CauseRule(
         "cuda.arch",
@@ -199,6 +232,7 @@ RULES: Tuple[CauseRule, ...] = (
             "{python_cmd} -c \"import torch; print(torch.__version__, torch.cuda.get_arch_list(), torch.cuda.get_device_capability())\"",
             "mutation-doctor -ec {rerun} --only system",
         ),
+        short="the interpreter's torch does not support this GPU",
     ),
     CauseRule(
         "cuda.unavailable",
@@ -213,6 +247,7 @@ RULES: Tuple[CauseRule, ...] = (
             "{python_cmd} -c \"import torch; print(torch.__version__, torch.cuda.is_available())\"",
             "echo \"CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES\"",
         ),
+        short="no usable CUDA GPU",
     ),
     CauseRule(
         "python.module-missing",
@@ -227,6 +262,7 @@ RULES: Tuple[CauseRule, ...] = (
             "{python_cmd} -c \"import {module}\"",
             "mutation-doctor -ec {rerun} --only system",
         ),
+        short="a Python module is missing",
     ),
     CauseRule(
         "python.interpreter-missing",
@@ -241,6 +277,7 @@ RULES: Tuple[CauseRule, ...] = (
             "conda env list",
             "mutation-doctor -ec {rerun} --only system",
         ),
+        short="the interpreter or environment is missing",
     ),
     CauseRule(
         "data.missing",
@@ -254,6 +291,7 @@ RULES: Tuple[CauseRule, ...] = (
             "ls -l {missing_path}",
             "mutation-doctor -ec {rerun} --only cache",
         ),
+        short="a file or folder is missing",
     ),
     CauseRule(
         "config.error",
@@ -265,6 +303,7 @@ RULES: Tuple[CauseRule, ...] = (
         (
             "mutation-doctor -ec {rerun} --only settings",
         ),
+        short="the settings or the train script's arguments were rejected (config error)",
     ),
     CauseRule(
         "perf.unavailable",
@@ -280,6 +319,7 @@ RULES: Tuple[CauseRule, ...] = (
             "sudo sysctl kernel.perf_event_paranoid=0",
             "mutation-doctor -ec {rerun} --only system",
         ),
+        short="perf cannot read the energy counters",
     ),
     CauseRule(
         "permission.denied",
@@ -294,6 +334,7 @@ RULES: Tuple[CauseRule, ...] = (
             "sudo chown -R {owner}: {denied_dir}",
             "mutation-doctor -ec {rerun} --only system",
         ),
+        short="permission denied",
     ),
     CauseRule(
         "killed",
@@ -308,6 +349,8 @@ RULES: Tuple[CauseRule, ...] = (
             "journalctl -k --since '{since}' | grep -iE 'out of memory|killed process'",
             "free -g",
         ),
+        transient=True,
+        short="killed (out-of-memory killer?)",
     ),
     CauseRule(
         "interrupted",
@@ -320,6 +363,7 @@ RULES: Tuple[CauseRule, ...] = (
             "{resume_cmd}",
             "tmux new -s batch   # start long batches inside tmux or screen",
         ),
+        short="interrupted",
     ),
     CauseRule(
         "timeout",
@@ -333,6 +377,24 @@ RULES: Tuple[CauseRule, ...] = (
             "tail -n 50 {log_path}",
             "mutation-run -ec {rerun} --timeout {bigger_timeout}",
         ),
+        transient=True,
+        short="timeout",
+    ),
+    CauseRule(
+        "metrics.not-extracted",
+        "Succeeded, but its metrics were not extracted from the log",
+        (
+            "The run was recorded as successful{exit_sentence} and did real work: {work_sentence}.",
+            "No metric was recorded (performance_metrics is empty): {pattern_sentence}",
+            "{lookalike_sentence}",
+            "Its results are real; only the numbers are missing from the record.",
+        ),
+        (
+            "grep -nE '{lookalike_regex}' {log_path}   # the lines that hold the metric",
+            "# correct performance_metrics.log_patterns of {repo} in the registry: {pattern_fix}",
+            "tail -n 50 {log_path}",
+        ),
+        short="metrics not extracted from the log",
     ),
     CauseRule(
         "false-success",
@@ -346,6 +408,7 @@ RULES: Tuple[CauseRule, ...] = (
             "tail -n 50 {log_path}",
             "mutation-run -ec {rerun}",
         ),
+        short="probably trained nothing",
     ),
     CauseRule(
         "unknown",
@@ -356,6 +419,7 @@ RULES: Tuple[CauseRule, ...] = (
         (
             "tail -n 80 {log_path}",
         ),
+        short="an error the catalogue does not know",
     ),
 )
 
@@ -425,13 +489,17 @@ _CONN = re.compile(r"ConnectError|ConnectionError|NetworkError|RemoteProtocolErr
                    r"Connection refused|Connection reset|Connection aborted|"
                    r"Name or service not known|Temporary failure in name resolution|"
                    r"nodename nor servname|Network is unreachable|No route to host|"
-                   r"Max retries exceeded|getaddrinfo failed", re.I)
+                   r"Max retries exceeded|getaddrinfo failed|HTTP Error 5\d\d|5\d\d Server Error|"
+                   r"Service Unavailable|Bad Gateway|Gateway Time-?out", re.I)
 _PROXY = re.compile(r"ProxyError|proxy", re.I)
 _NOT_FOUND_T = ("RepositoryNotFoundError", "RemoteEntryNotFoundError", "EntryNotFoundError",
                 "RevisionNotFoundError", "GatedRepoError", "DisabledRepoError")
 _CACHE_MISS = re.compile(r"LocalEntryNotFoundError|OfflineModeIsEnabled|cannot find the requested "
                          r"files in the local cache|couldn't connect to '?https?://[^ ]*huggingface|"
                          r"outgoing traffic has been disabled|offline mode is enabled", re.I)
+_NET_TYPES = ("ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "ConnectionAbortedError",
+              "TimeoutError", "timeout", "gaierror", "RemoteDisconnected", "IncompleteRead", "URLError",
+              "ConnectTimeout", "ReadTimeout", "MaxRetryError", "NewConnectionError", "ChunkedEncodingError")
 _PY_PATH = re.compile(r"/(?:python|python\d(?:\.\d+)?)['\"]?$")
 _SETTINGS_KEYS = {"repo", "model", "hyperparameters", "foreground", "background", "experiments",
                   "mode", "models", "supported_hyperparams", "train_script", "path"}
@@ -469,6 +537,8 @@ def classify_exception(rec: ExceptionRecord) -> Optional[Tuple[str, int]]:
         if _TLS.search(text):
             return "hub.tls", 77
         return "hub.connection", 72
+    if name in _NET_TYPES:
+        return "network.connection", 40
     if name == "ModuleNotFoundError" or (name == "ImportError" and "No module named" in msg):
         return "python.module-missing", 60
     if name == "ImportError":
