@@ -1,7 +1,9 @@
 """Command lines as mutation.py builds them, as argv lists (no shell).
 
-`train_script [model_flag model] [required_args...] [flag value ...]`, hyperparameters in the
-registry's order, floats printed `%.6f`, ints as integers, booleans as a bare flag when true.
+`train_script [model_flag model] [required_args...] [flag value ...]`: the model flag unless the
+model is `default`; the flags in the order of the values given (for a default run the settings
+file's order, for a mutated run the order of the parameters mutated, see runner.expand); ints
+printed as whole numbers (truncated, as `int()` does), floats `%.6f`, anything else as `str()`.
 """
 from __future__ import annotations
 
@@ -12,10 +14,14 @@ from core.registry import Registry, RepoSpec
 
 
 def format_value(kind: str, value: Any) -> str:
-    if kind == "int":
-        return str(int(round(float(value))))
-    if kind == "float":
-        return "%.6f" % float(value)
+    """One value as mutation.py prints it for a parameter of type `kind`."""
+    try:
+        if kind == "int":
+            return str(int(value)) if not isinstance(value, str) else str(int(float(value)))
+        if kind == "float":
+            return "%.6f" % float(value)
+    except (TypeError, ValueError):
+        return str(value)
     if isinstance(value, float):
         return "%.6f" % value
     return str(value)
@@ -24,18 +30,12 @@ def format_value(kind: str, value: Any) -> str:
 def build_argv(spec: RepoSpec, model: str, hyperparameters: Mapping[str, Any]) -> List[str]:
     """The argv of one training process, relative to the repo folder (its cwd)."""
     argv = [spec.train_script]
-    if spec.model_flag:
+    if spec.model_flag and model != "default":
         argv += [spec.model_flag, model]
     argv += list(spec.required_args)
-    for name, h in spec.hyperparams.items():
-        if name not in hyperparameters:
-            continue
-        value = hyperparameters[name]
-        if value is None:
-            continue
-        if isinstance(value, bool) or h.type == "bool":
-            if value in (True, "true", "True", 1):
-                argv.append(h.flag)
+    for name, value in hyperparameters.items():
+        h = spec.hyperparams.get(name)
+        if h is None or value is None:
             continue
         argv += [h.flag, format_value(h.type, value)]
     return argv
