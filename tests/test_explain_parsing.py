@@ -66,7 +66,7 @@ def test_clean_line():
 
 def test_big_log_is_read_from_the_end_only(tmp_path):
     """A 64 MiB log whose traceback is at the end: only a few blocks are read, memory stays small."""
-    from doctor.explain.analyze import scan_log
+    from doctor.explain.logscan import scan_log
 
     p = tmp_path / "training.log"
     block = ("Train Epoch: 3 [1040/60000 (2%)]\tLoss: 2.291909\n" * 20000).encode()
@@ -91,7 +91,7 @@ def test_big_log_is_read_from_the_end_only(tmp_path):
 
 def test_traceback_spanning_blocks_is_found_whole(tmp_path):
     """The chain starts before the first block: the tail grows until the whole chain is read."""
-    from doctor.explain.analyze import scan_log
+    from doctor.explain.logscan import scan_log
 
     frames = "".join(f'  File "/lib/mod{i}.py", line {i}, in f{i}\n    call_{i}()\n' for i in range(3000))
     text = ("noise\n" * 10 + "Traceback (most recent call last):\n" + frames +

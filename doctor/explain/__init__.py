@@ -9,8 +9,8 @@ from doctor.explain.model import BatchReport, Cause, Evidence, Explanation, Need
 
 
 def explain_path(path, registry=None, cap=None, rerun_path=None, jobs=None):
-    """Explain every experiment under PATH (see doctor.explain.analyze.explain_path)."""
-    from doctor.explain.analyze import explain_path as _explain
+    """Explain every experiment under PATH (see doctor.explain.batch.explain_path)."""
+    from doctor.explain.batch import explain_path as _explain
     from doctor.explain.readers import DEFAULT_CAP
 
     return _explain(path, registry=registry, cap=cap or DEFAULT_CAP, rerun_path=rerun_path, jobs=jobs)

@@ -66,7 +66,7 @@ def _writable_target(path: str, what: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from doctor.explain.analyze import explain_path
+    from doctor.explain.batch import explain_path
     from doctor.explain import render
 
     if args.max_log_bytes < 4096:
