@@ -27,6 +27,7 @@ class Check:
 CHECKS = (
     Check("settings", "lint", "Settings file", "checks.settings:check_lint"),
     Check("settings", "needs-declared", "Model needs declared", "checks.settings:check_needs_declared"),
+    Check("settings", "history", "Deduplication history (historical_csvs)", "checks.history:check_history"),
     Check("cache", "needs", "Weights, data and interpreters in the launch context", "checks.cache:check_needs"),
     Check("cache", "leftovers", "Interrupted downloads", "checks.cache:check_leftovers"),
     Check("cache", "deep", "Models load offline (--deep)", "checks.cache:check_deep_load"),

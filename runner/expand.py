@@ -152,6 +152,8 @@ class Sampler:
                 return drawn, []
             self.counts[why] += 1
         self.short.append(e.id)
+        if not drawn:  # the entry's budget went to its earlier runs: still a mutated run, not the defaults
+            drawn = {n: sample_value(h, self.rng) for n, h in hps.items()}
         return drawn, [f"could not draw a new combination of {', '.join(names)} in {MAX_DRAWS} draws for this entry "
                        "(the ranges are too small for runs_per_config and history): this run repeats one"]
 

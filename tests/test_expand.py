@@ -219,10 +219,10 @@ def test_a_seeded_expansion_is_reproducible_and_another_seed_differs(project):
 
 def test_an_exhausted_range_is_named_before_the_batch_with_its_experiment(project):
     # kfold in [2, 10] without its default 10: eight new values for nine runs
-    plan, reg = _settings(project, [{"repo": "plain", "model": "default", "mutate": ["kfold"], "runs_per_config": 9}])
+    plan, reg = _settings(project, [{"repo": "plain", "model": "default", "mutate": ["kfold"], "runs_per_config": 10}])
     jobs, stats = expand_with_stats(plan.experiments, reg, seed=2)
     values = [j.foreground.hyperparameters["kfold"] for j in jobs]
-    assert sorted(values[:8]) == list(range(2, 10))
-    assert stats.short == (jobs[-1].id,) and "could not draw" in jobs[-1].warnings[0]
+    assert sorted(values[:8]) == list(range(2, 10)) and all(2 <= v <= 10 for v in values[8:])
+    assert stats.short == (jobs[-2].id, jobs[-1].id) and "could not draw" in jobs[-1].warnings[0]
     assert stats.drawn <= MAX_DRAWS and stats.redrawn_default > 0 and stats.redrawn_batch > 0
     assert any("repeat a combination" in line for line in stats.lines())
