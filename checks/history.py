@@ -44,9 +44,12 @@ def check_history(ctx):
         if other:
             fix = f"mutation-doctor --project-root {shlex.quote(other)} -ec {shlex.quote(ctx.plan.file)}"
         elif missing:
-            fix = f"remove {name!r} from historical_csvs in {settings}, or put the CSV at {path}"
+            fix = (f"mkdir -p {shlex.quote(os.path.dirname(path))} && cp YOUR/{os.path.basename(path)} {shlex.quote(path)}"
+                   f"  # or remove {name!r} from historical_csvs in {settings}")
+        elif os.path.isfile(path) and not os.access(path, os.R_OK):
+            fix = f"sudo chmod a+r {shlex.quote(path)}"
         else:
-            fix = f"ls -l {shlex.quote(path)}  # make it a readable CSV with experiment_id, repository, model, hyperparam_* columns"
+            fix = f"head -3 {shlex.quote(path)}  # expected a CSV with experiment_id, repository, model, hyperparam_* columns"
         out.append(Finding(
             id="settings.history-missing" if missing else "settings.history-unreadable", group="settings", status=WARN,
             title=f"historical CSV {path} {'is missing' if missing else 'cannot be read'}: "

@@ -20,8 +20,9 @@ import random
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from core.dedup import NONPARALLEL, PARALLEL, History, HistorySource, Key, combo_key
+from core.dedup import NONPARALLEL, PARALLEL, History, HistorySource, Key, combo_key, load_history
 from core.model import Experiment, Side
+from core.plan import Plan
 from core.registry import Hyperparam, Registry
 
 MAX_DRAWS = 1000
@@ -188,6 +189,14 @@ def expand_with_stats(experiments: Sequence[Experiment], registry: Registry, see
         jobs.append(Job(experiment=e, foreground=SideRun(e.foreground.repo, e.foreground.model, fg), background=bg,
                         warnings=tuple(w)))
     return jobs, sampler.stats()
+
+
+def expand_plan(plan: Plan, registry: Registry, seed: Optional[int],
+                results_dirs: Sequence[str] = ()) -> Tuple[List[Job], DrawStats]:
+    """A settings file's jobs, drawn against the history it asks for (`use_deduplication`: its
+    `historical_csvs` and the project's earlier results folders `results_dirs`)."""
+    history = load_history(plan.raw_top, registry.project_root, results_dirs)
+    return expand_with_stats(plan.experiments, registry, seed, history)
 
 
 def expand(experiments: Sequence[Experiment], registry: Registry, seed: Optional[int],
