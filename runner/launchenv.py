@@ -233,3 +233,86 @@ def preflight(ctx: DoctorContext, experiments: Sequence[Experiment],
             out[e.id] = Preflight(experiment=e, verdict=v.verdict, blocked_by=v.blocked_by, findings=named,
                                   needs=_needs_record(e, states, base_states), child=child)
     return base_report, out
+
+
+# -- the observer: what each experiment's processes really used ---------------------------------------
+OBSERVE_FOLDER = "observe"  # raw per-process lines, inside the experiment folder, until collected
+NEEDS_FILE = "needs.json"
+
+
+def observe(argv: Sequence[str], env: Mapping[str, str], exp_dir: str) -> Tuple[List[str], Dict[str, str]]:
+    """argv and environment of an experiment's child with the observer injected: its
+    sitecustomize first on PYTHONPATH (it chains to the interpreter's own) and the folder it
+    writes to. A `sudo -n` prefix is told to preserve both variables."""
+    from observer import OBSERVE_DIR_VAR, SITE_DIR
+
+    folder = os.path.join(exp_dir, OBSERVE_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    out = dict(env)
+    old = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p and p != SITE_DIR]
+    out["PYTHONPATH"] = os.pathsep.join([SITE_DIR] + old)
+    out[OBSERVE_DIR_VAR] = folder
+    return _preserve(list(argv), ("PYTHONPATH", OBSERVE_DIR_VAR)), out
+
+
+def _preserve(argv: List[str], names: Sequence[str]) -> List[str]:
+    """`sudo -n ...` keeping `names` too (sudo -E keeps everything already)."""
+    if argv[:1] != ["sudo"]:
+        return argv
+    opts = [a for a in argv[1:3] if a.startswith("-")]
+    if "-E" in opts:
+        return argv
+    for i, a in enumerate(argv[1:3], 1):
+        if a.startswith("--preserve-env="):
+            have = a.split("=", 1)[1].split(",")
+            argv[i] = "--preserve-env=" + ",".join(list(dict.fromkeys(have + list(names))))
+            return argv
+    return argv[:2] + ["--preserve-env=" + ",".join(names)] + argv[2:] if argv[1:2] == ["-n"] else argv
+
+
+def lock_path(ctx: DoctorContext) -> str:
+    """`--needs-lock FILE`, else `needs.lock.json` beside the registry."""
+    from core import needslock
+
+    chosen = getattr(ctx.options, "needs_lock", None)
+    return os.path.abspath(chosen) if chosen else needslock.default_path(ctx.registry.path)
+
+
+def record_observation(ctx: DoctorContext, job, exp_dir: str, run_id: str, passed: bool,
+                       owner: Optional[tuple] = None, say: Callable[[str], None] = lambda _m: None) -> Optional[dict]:
+    """After an experiment: collect its processes' observations into `needs.json` beside
+    experiment.json and, when it passed, merge them into the needs lock. Returns the record's
+    `observed` summary (None when the experiment was not observed)."""
+    import shutil
+
+    from core import needslock
+    from core.memo import write_atomic
+    from observer import collect
+
+    folder = os.path.join(exp_dir, OBSERVE_FOLDER)
+    if not os.path.isdir(folder):
+        return None
+    hasher = ctx.hashes.sha256 if ctx.hashes is not None else collect.sha256_file
+    needs = collect.collect(folder, hasher)
+    write_atomic(os.path.join(exp_dir, NEEDS_FILE), needslock.dumps(needs).encode("utf-8"))
+    shutil.rmtree(folder, ignore_errors=True)
+    summary = collect.summary(needs)
+    if passed and needs.get("observed"):
+        path = lock_path(ctx)
+        seen = needslock.Seen(run=f"{run_id}/{job.id}", at=_now())
+        try:
+            needslock.update(path, job.foreground.repo, job.foreground.model, needs, seen,
+                             owner=(owner[0], owner[1]) if owner else None)
+            summary["lock"] = path
+        except (OSError, needslock.LockError) as e:
+            summary["lock_error"] = f"{path}: {getattr(e, 'strerror', None) or e}"
+            say(f"    needs lock not updated: {summary['lock_error']}")
+    if ctx.hashes is not None:
+        ctx.hashes.save()
+    return summary
+
+
+def _now() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
