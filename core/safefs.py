@@ -265,16 +265,22 @@ class SafeTree:
             self._refuse(self._path(_parts(relpath)), str(r))
             return False
 
+    def _parent(self, parts: List[str]) -> Optional[int]:
+        """A descriptor of the folder that will hold root/parts (made as needed), or None (refused)."""
+        if not parts:
+            raise ValueError("a file name is needed")
+        try:
+            return self._dir(parts[:-1], True)
+        except _Refused as r:
+            self._refuse(self._path(parts), str(r))
+            return None
+
     def open_new(self, relpath: str, mode: int = 0o644) -> Optional[BinaryIO]:
         """A new file (O_EXCL: nothing of that name may exist, a planted link included) open for
         writing, or None when refused."""
         parts = _parts(relpath)
-        if not parts:
-            raise ValueError("open_new needs a file name")
-        try:
-            dfd = self._dir(parts[:-1], True)
-        except _Refused as r:
-            self._refuse(self._path(parts), str(r))
+        dfd = self._parent(parts)
+        if dfd is None:
             return None
         try:
             fd = os.open(parts[-1], _NEW, mode, dir_fd=dfd)
@@ -303,10 +309,8 @@ class SafeTree:
         """root/relpath open for appending when this tree created it (the same inode);
         a new file when it does not exist; None (refused) otherwise."""
         parts = _parts(relpath)
-        try:
-            dfd = self._dir(parts[:-1], True)
-        except _Refused as r:
-            self._refuse(self._path(parts), str(r))
+        dfd = self._parent(parts)
+        if dfd is None:
             return None
         try:
             try:
@@ -334,10 +338,8 @@ class SafeTree:
         """Atomically put `data` at root/relpath: a new temporary file (O_EXCL) in the verified
         folder, then a rename inside that same folder descriptor. False when refused."""
         parts = _parts(relpath)
-        try:
-            dfd = self._dir(parts[:-1], True)
-        except _Refused as r:
-            self._refuse(self._path(parts), str(r))
+        dfd = self._parent(parts)
+        if dfd is None:
             return False
         tmp = f".{parts[-1]}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:

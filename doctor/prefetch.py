@@ -3,20 +3,25 @@
 Downloads go through huggingface_hub (HF_ENDPOINT of the launch environment respected) and
 torch.hub, each in a subprocess that gets the launch context's cache locations explicitly, so the
 files land exactly where the launched process will look. Files created as root on behalf of a
-sudo user are given back to that user.
+sudo user: when that user could change any folder on the way to the cache (their home, a folder
+they own or may write to), the download runs as that user, so nothing they planted there (a link
+to a file of root's, a half-downloaded `.incomplete` pointing elsewhere) is ever written through
+as root; what root itself created is then given back by inode (core.ownership).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
-from core.context import DOWNLOADED_KINDS, NeedState
+from core.context import NeedState
+from core.needs import DOWNLOADED_KINDS
 
 _SCRIPT = r"""
 import json, sys
@@ -59,23 +64,55 @@ class Download:
 
 
 def _job(state: NeedState, hf_cache: str, torch_hub: str, mirror: Optional[str]) -> dict:
-    import re
-
+    """The download job of one need, from its kind's adapter (core.needs)."""
     r = state.resolved
-    if r.source == "hf":
-        return {"source": "hf", "repo_id": r.repo_id, "revision": r.revision, "files": list(r.files),
-                "any_of": r.any_of, "cache": hf_cache}
-    url = r.url
-    if mirror:
-        url = mirror.rstrip("/") + "/" + url.split("://", 1)[-1].split("/", 1)[-1]
-    m = re.search(r"-([a-f0-9]{6,})\.", r.filename)
-    return {"source": "torchhub", "url": url, "filename": r.filename, "cache": torch_hub,
-            "hash_prefix": m.group(1) if m else ""}
+    return state.need.adapter.prefetch_job(r, {"hf": hf_cache, "torchhub": torch_hub}[r.source], mirror)
 
 
 def fetch(state: NeedState, env: dict, hf_cache: str, torch_hub: str, timeout: float,
-          mirror: Optional[str] = None) -> Download:
-    """Download one need in a subprocess with the launch environment (offline switches removed)."""
+          mirror: Optional[str] = None, run_as: Optional[RunAs] = None) -> Download:
+    """Download one need in a subprocess with the launch environment (offline switches removed).
+
+    With `run_as`, root downloads into a private staging folder of its own and the files are
+    then copied into the caches by `run_as` (cp -R, links copied as links): root never writes
+    into a folder that user could have prepared."""
+    if run_as is None:
+        return _download(state, env, hf_cache, torch_hub, timeout, mirror)
+    import shutil
+    import tempfile
+
+    stage = tempfile.mkdtemp(prefix="mutation-prefetch-")
+    try:
+        s_hf, s_torch = os.path.join(stage, "hf"), os.path.join(stage, "torch", "hub")
+        d = _download(state, env, s_hf, s_torch, timeout, mirror)
+        if not d.ok:
+            return d
+        src, dst = (s_hf, hf_cache) if d.path.startswith(s_hf + "/") else (s_torch, torch_hub)
+        for p in (stage, *(os.path.join(r, n) for r, dirs, _ in os.walk(stage) for n in dirs)):
+            os.chmod(p, 0o755)
+        err = _as_user(run_as, [["mkdir", "-p", dst], ["cp", "-R", "-P", "--preserve=timestamps", src + "/.", dst]])
+        if err:
+            return Download(state.need.key, False, error=f"copying into {dst} as {run_as.name}: {err}", seconds=d.seconds)
+        return Download(state.need.key, True, path=dst + d.path[len(src):], seconds=d.seconds)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _as_user(run_as: RunAs, commands: List[List[str]]) -> str:
+    """Run each argv as `run_as`; the first failure's last line, or ""."""
+    for argv in commands:
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+                               **run_as.popen_args())
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return str(e)
+        if p.returncode != 0:
+            return ([ln for ln in p.stderr.splitlines() if ln.strip()] or [f"{argv[0]} exit {p.returncode}"])[-1]
+    return ""
+
+
+def _download(state: NeedState, env: dict, hf_cache: str, torch_hub: str, timeout: float,
+              mirror: Optional[str]) -> Download:
     from core.secrets import mask_text
 
     job = _job(state, hf_cache, torch_hub, mirror)
@@ -132,7 +169,7 @@ def main(argv: List[str]) -> int:
         if not _writable(target):
             raise UsageError(f"cannot write {target} (it belongs to {launch.user}); run: sudo "
                              f"{os.path.abspath(sys.argv[0])} prefetch {' '.join(argv)}")
-    started = time.time()
+    started, before = time.time(), _snapshot(launch)
     results: List[Download] = []
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -141,12 +178,14 @@ def main(argv: List[str]) -> int:
         task = progress.add_task("prefetching", total=len(todo))
         for s in todo:
             progress.update(task, description=f"fetching {s.need.key}")
-            d = fetch(s, dict(launch.env), launch.hf_cache, launch.torch_hub, args.download_timeout, args.torch_mirror)
+            target = launch.hf_cache if s.resolved.source == "hf" else launch.torch_hub
+            d = fetch(s, dict(launch.env), launch.hf_cache, launch.torch_hub, args.download_timeout, args.torch_mirror,
+                      run_as=run_as_for(launch, target))
             results.append(d)
             mark = "[green]✓[/green]" if d.ok else "[red]✗[/red]"
             progress.console.print(f"{mark} {escape(s.need.key)} {escape(d.path or d.error)} ({d.seconds:.1f} s)")
             progress.advance(task)
-    _give_back(ctx, started)
+    _give_back(ctx, started, before)
     fresh = make_context(args)  # look again, as the launched process will
     after = [s for s in fresh.need_states().values() if s.need.key in {x.need.key for x in todo} and s.present is not True]
     if args.json:
@@ -159,18 +198,31 @@ def main(argv: List[str]) -> int:
     return 1 if after else 0
 
 
-def _give_back(ctx, since: float) -> None:
-    """Running as root for a sudo user: chown what we created under that user's home back to them."""
-    launch = ctx.launch
+def _home_roots(launch) -> List[str]:
+    """The caches of the launch context that lie under the invoking user's home."""
     if os.getuid() != 0 or not launch.invoking_home or launch.invoking_uid in (0, -1):
-        return
-    try:
-        from core.ownership import give_back
-    except ImportError:  # pragma: no cover - ownership ships with the runner
+        return []
+    home = launch.invoking_home.rstrip("/") + "/"
+    return [p for p in (launch.hf_cache, launch.torch_hub) if p.startswith(home)]
+
+
+def _snapshot(launch):
+    from core.ownership import snapshot
+
+    roots = _home_roots(launch)
+    return snapshot(roots) if roots else None
+
+
+def _give_back(ctx, since: float, before) -> None:
+    """Running as root for a sudo user: give back what root itself created under that user's home
+    (only inodes that were not there before; never a folder that existed)."""
+    launch = ctx.launch
+    roots = _home_roots(launch)
+    if not roots:
         return
     import pwd
 
+    from core.ownership import give_back
+
     gid = pwd.getpwuid(launch.invoking_uid).pw_gid
-    roots = [p for p in (launch.hf_cache, launch.torch_hub) if p.startswith(launch.invoking_home.rstrip("/") + "/")]
-    if roots:
-        give_back(roots, launch.invoking_uid, gid, since=since, within=launch.invoking_home)
+    give_back(roots, launch.invoking_uid, gid, since=since, before=before, within=launch.invoking_home)
