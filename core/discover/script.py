@@ -166,8 +166,8 @@ def model_bindings(script: Script, model_flag: Optional[str], model: str) -> Dic
 def _python_call(words: Sequence[str]) -> Optional[Tuple[int, str]]:
     """(index of the interpreter word, entry file) when `words` run a Python file."""
     for i, w in enumerate(words):
-        if not _PY.match(os.path.basename(w)):
-            continue
+        if not _PY.match(os.path.basename(w)) and not w.startswith("$") and SUBST not in w:
+            continue  # an interpreter, or a word known only at run time that may be one
         j = i + 1
         while j < len(words) and words[j].startswith("-") and words[j] not in ("-m", "-c"):
             j += 1
