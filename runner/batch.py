@@ -16,16 +16,16 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from core.secrets import mask_text
 from runner import gpuwatch
+from runner.backends.base import TOKEN_VAR, Backend, JobSpec
 from runner.command import side_command
 from runner.energy import EnergyPlan
 from runner.energy import read_metrics as read_energy
-from runner.execute import TOKEN_VAR, Background, StopRequest, kill_stragglers, now_iso, run_attempt
+from runner.execute import LOG, AttemptLoop, Attempts, StopRequest
 from runner.expand import Job
 from runner.launchenv import Preflight
-from runner.logtail import classify, error_excerpt, extract_metrics, read_tail
+from runner.logtail import error_excerpt, extract_metrics, read_tail
 from runner.results import STATUSES, Journal, experiment_record, journal_state, read_json, write_json, write_summary
 
-LOG = "training.log"
 BG_LOG = "background.log"
 SUMMARY_EVERY = 1.0
 NO_METRIC = "trained nothing? exit code 0 but none of the registry's log_patterns ({}) matched the log"
@@ -43,6 +43,7 @@ class Options:
     wait_for_gpu: float = 0.0
     stream: bool = True
     json_out: bool = False
+    backend: str = "local"
 
 
 @dataclass
@@ -58,6 +59,19 @@ class Outcome:
     metrics: Mapping[str, float] = field(default_factory=dict)
     warnings: Sequence[str] = ()
     reason: str = ""
+
+
+@dataclass
+class JobPlan:
+    """What an experiment will run: the foreground job, the background job (parallel mode), the
+    experiment.json `launch` object, warnings so far, whether energy is measured, its timestamp."""
+
+    spec: JobSpec
+    background: Optional[JobSpec]
+    launch: dict
+    warnings: List[str]
+    measured: bool
+    timestamp: str
 
 
 def user_timestamp() -> str:
@@ -81,11 +95,17 @@ def new_run_dir(results_dir: str) -> str:
 class Batch:
     def __init__(self, *, ctx, jobs: Sequence[Job], preflights: Mapping[str, Preflight], run_dir: str,
                  options: Options, say: Callable[[str], None], stop: StopRequest,
-                 owner: Optional[tuple] = None, since: Optional[float] = None, energy: Optional[EnergyPlan] = None):
+                 owner: Optional[tuple] = None, since: Optional[float] = None, energy: Optional[EnergyPlan] = None,
+                 backend: Optional[Backend] = None):
         self.ctx, self.jobs, self.preflights, self.run_dir = ctx, list(jobs), preflights, run_dir
         self.opt, self.say, self.stop = options, say, stop
         self.owner, self.since = owner, since
         self.energy = energy or EnergyPlan()
+        if backend is None:
+            from runner import backends
+
+            backend = backends.get(options.backend)
+        self.backend = backend
         self.before = None  # see take_snapshot()
         self.run_id = os.path.basename(run_dir)
         self.records: Dict[str, dict] = {}
@@ -193,7 +213,7 @@ class Batch:
                 st["status"] = "interrupted"
                 # the crashed runner's children may still be training: stop them before the rerun
                 token = f"{self.run_id}/{job.id}"
-                strays = kill_stragglers(set(), set(), [token, token + "/background"])
+                strays = self.backend.sweep([token, token + "/background"])
                 st["stragglers"] = strays
                 self._open_journal()
                 self.journal.write("experiment-end", experiment_id=job.id, status="interrupted", by="resume",
@@ -257,41 +277,67 @@ class Batch:
 
     def run_job(self, i: int, total: int, job: Job, prior: List[dict],
                 prior_stragglers: Sequence[dict] = ()) -> Optional[Outcome]:
-        ctx, opt = self.ctx, self.opt
+        """Gate, wait for the GPU, run the experiment's attempts through the backend, record it;
+        None when a stop request came before it started (a --resume runs it)."""
         pf = self.preflights[job.id]
-        exp_dir = self._exp_dir(job)
-        os.makedirs(exp_dir, exist_ok=True)
-        spec = ctx.registry.repos[job.foreground.repo]
-        cmd, cwd = side_command(ctx.registry, job.foreground)
-        timestamp = user_timestamp()
+        os.makedirs(self._exp_dir(job), exist_ok=True)
+        plan = self._plan(job)
+        if pf.verdict == "blocked" and self.opt.require_preflight:
+            return self._record_blocked(i, total, job, plan)
+        extra = self._gpu_before(job, plan.warnings) if self.backend.same_machine else {}
+        if self.stop.requested:
+            return None  # stopped while waiting for the GPU: not started, --resume runs it
+        shown = " ".join(shlex.quote(a) for a in plan.spec.argv)
+        note = "" if pf.verdict == "pass" else f" (preflight: blocked by {', '.join(pf.blocked_by)}; running anyway)"
+        self.say(f"[{i}/{total}] {job.id}: {mask_text(shown, plan.spec.env)}{note}", rule=True)
+        self.journal.write("experiment-start", experiment_id=job.id, argv=list(plan.spec.argv), cwd=plan.spec.cwd)
+        t_start = time.monotonic()
+        loop = AttemptLoop(self.backend, plan.spec, background=plan.background, options=self.opt, stop=self.stop,
+                           journal=self.journal, say=self.say, experiment_id=job.id, stream=self.stream)
+        done = loop.run(prior, prior_stragglers)
+        return self._record_done(job, plan, done, extra, time.monotonic() - t_start)
+
+    def _plan(self, job: Job) -> "JobPlan":
+        """The experiment's command (energy wrap, launch prefix), environment and launch record."""
+        pf, exp_dir = self.preflights[job.id], self._exp_dir(job)
+        cmd, cwd = side_command(self.ctx.registry, job.foreground)
         token = f"{self.run_id}/{job.id}"
-        bg_argv = bg_cwd = None
-        if job.background is not None:
-            bg_cmd, bg_cwd = side_command(ctx.registry, job.background)
-            bg_argv = list(pf.child.prefix) + bg_cmd
         measured = self.energy.measures(job.id)
         if measured:
             cmd = self.energy.wrap(cmd, exp_dir)
-        argv = list(pf.child.prefix) + cmd
         launch_rec = pf.child.record(argv=cmd, cwd=cwd, extra_set={TOKEN_VAR: token})
-        if bg_argv:
-            launch_rec["background_argv"] = bg_argv
+        launch_rec["backend"] = self.backend.name
+        env = pf.child.popen_env()
+        env[TOKEN_VAR] = token
+        spec = JobSpec(tuple(pf.child.prefix) + tuple(cmd), cwd, env, os.path.join(exp_dir, LOG), token,
+                       grace=self.opt.grace)
+        background = None
+        if job.background is not None:
+            bg_cmd, bg_cwd = side_command(self.ctx.registry, job.background)
+            bg_token = token + "/background"
+            background = JobSpec(tuple(pf.child.prefix) + tuple(bg_cmd), bg_cwd, dict(env, **{TOKEN_VAR: bg_token}),
+                                 os.path.join(exp_dir, BG_LOG), bg_token, append=True, grace=self.opt.grace)
+            launch_rec["background_argv"] = list(background.argv)
             launch_rec["background_cwd"] = bg_cwd
         warnings = list(job.warnings)
         if self.energy.asked and job.id in self.energy.experiments and not measured:
             warnings.append(f"energy not measured: {self.energy.why_not}")
+        return JobPlan(spec, background, launch_rec, warnings, measured, user_timestamp())
 
-        if pf.verdict == "blocked" and opt.require_preflight:
-            self.say(f"[{i}/{total}] {job.id}: blocked by {', '.join(pf.blocked_by)}", fixes=pf.fixes())
-            rec = experiment_record(job=job, status="blocked", timestamp=timestamp, duration=0.0, exit_code=None,
-                                    attempts=[], metrics={}, error_message="blocked by preflight: " + ", ".join(pf.blocked_by),
-                                    error_excerpt=[], preflight=pf.record(), launch=launch_rec, warnings=warnings)
-            self.journal.write("experiment-end", experiment_id=job.id, status="blocked", blocked_by=list(pf.blocked_by))
-            self._write(job, rec)
-            return Outcome(job.id, "blocked", pf.verdict, reason=", ".join(pf.blocked_by))
+    def _record_blocked(self, i: int, total: int, job: Job, plan: "JobPlan") -> Outcome:
+        pf = self.preflights[job.id]
+        self.say(f"[{i}/{total}] {job.id}: blocked by {', '.join(pf.blocked_by)}", fixes=pf.fixes())
+        rec = experiment_record(job=job, status="blocked", timestamp=plan.timestamp, duration=0.0, exit_code=None,
+                                attempts=[], metrics={}, error_message="blocked by preflight: " + ", ".join(pf.blocked_by),
+                                error_excerpt=[], preflight=pf.record(), launch=plan.launch, warnings=plan.warnings)
+        self.journal.write("experiment-end", experiment_id=job.id, status="blocked", blocked_by=list(pf.blocked_by))
+        self._write(job, rec)
+        return Outcome(job.id, "blocked", pf.verdict, reason=", ".join(pf.blocked_by))
 
-        extra: Dict[str, object] = {}
-        snap = gpuwatch.snapshot(env=pf.child.launch.env)
+    def _gpu_before(self, job: Job, warnings: List[str]) -> Dict[str, object]:
+        """GPU processes not ours (recorded), and with --wait-for-gpu, wait for the memory the experiment declares."""
+        env, extra = self.preflights[job.id].child.launch.env, {}
+        snap = gpuwatch.snapshot(env=env)
         foreign = gpuwatch.foreign(snap, {os.getpid()})
         if snap is not None:
             extra["gpu_foreign_processes"] = foreign
@@ -299,137 +345,51 @@ class Batch:
                 self.say(f"    {len(foreign)} GPU process(es) not started by this batch: "
                          + ", ".join(f"pid {p['pid']} ({p.get('memory_mib')} MiB)" for p in foreign[:3]))
         need = gpuwatch.gpu_need_gb(job.experiment)
-        if opt.wait_for_gpu and need:
-            ok, waited, free = gpuwatch.wait_for_memory(need, opt.wait_for_gpu, env=pf.child.launch.env, poll=1.0,
+        if self.opt.wait_for_gpu and need:
+            ok, waited, free = gpuwatch.wait_for_memory(need, self.opt.wait_for_gpu, env=env, poll=1.0,
                                                         stop=lambda: self.stop.requested, say=self.say)
             extra["gpu_wait_seconds"] = round(waited, 1)
             if not ok:
                 warnings.append(f"GPU memory still short after waiting {waited:.0f} s: {free:.1f} GiB free, "
                                 f"{need:g} GiB needed")
+        return extra
 
-        if self.stop.requested:
-            return None  # stopped while waiting for the GPU: not started, --resume runs it
-        env = pf.child.popen_env()
-        env[TOKEN_VAR] = token
-        shown = " ".join(shlex.quote(a) for a in argv)
-        note = "" if pf.verdict == "pass" else f" (preflight: blocked by {', '.join(pf.blocked_by)}; running anyway)"
-        self.say(f"[{i}/{total}] {job.id}: {mask_text(shown, env)}{note}", rule=True)
-        self.journal.write("experiment-start", experiment_id=job.id, argv=argv, cwd=cwd)
-
-        attempts = list(prior)
-        transient_used = sum(1 for a in attempts if a.get("retry_reason"))
-        pgids, pids, strays = set(), set(), list(prior_stragglers)
-        bg = None
-        if bg_argv:
-            bg_env = dict(env, **{TOKEN_VAR: token + "/background"})
-            bg = Background(bg_argv, bg_cwd, bg_env, os.path.join(exp_dir, BG_LOG), opt.grace)
-            bg.start()
-        t_start = time.monotonic()
-        status, failure, last = "failed", "", None
-        log_path = os.path.join(exp_dir, LOG)
-        try:
-            while True:
-                n = max([a.get("attempt") or 0 for a in attempts] + [0]) + 1
-                if os.path.exists(log_path) and attempts:
-                    prev = attempts[-1]
-                    aside = f"training.attempt{prev.get('attempt') or n - 1}.log"
-                    os.replace(log_path, os.path.join(exp_dir, aside))
-                    prev["log"] = aside
-                    self.journal.write("attempt-log-moved", experiment_id=job.id, attempt=prev.get("attempt"), log=aside)
-                self.journal.write("attempt-start", experiment_id=job.id, attempt=n, log=LOG, started=now_iso())
-                res = run_attempt(argv, cwd, env, log_path, timeout=opt.timeout, grace=opt.grace, stop=self.stop,
-                                  stream=self.stream, tick=bg.tick if bg else None, token=token)
-                pgids = {res.pid}
-                pids |= res.descendants
-                strays += res.stragglers
-                last = res
-                rec = {"attempt": n, "log": LOG, "started": res.started, "duration_seconds": round(res.duration, 3),
-                       "exit_code": res.exit_code, "signal": res.signal, "timed_out": res.timed_out, "retry_reason": None}
-                if res.interrupted:
-                    rec["interrupted"] = True
-                attempts.append(rec)
-                if res.interrupted:
-                    status, failure = "interrupted", "stopped by " + ("Ctrl-C" if (self.stop.signum or 2) == 2 else f"signal {self.stop.signum}")
-                    self.journal.write("attempt-end", experiment_id=job.id, record=rec)
-                    break
-                if res.exit_code == 0:
-                    status = "passed"
-                    self.journal.write("attempt-end", experiment_id=job.id, record=rec)
-                    break
-                lines = read_tail(log_path)
-                transient, reason = classify(lines, res.exit_code, res.signal, res.timed_out)
-                if res.start_error:
-                    transient, reason = False, res.start_error
-                reason = mask_text(reason, env)  # it quotes the log: it goes to the records and the terminal
-                if res.timed_out:
-                    reason = f"timed out after {opt.timeout:g} s" + (f" ({reason})" if reason != "timeout" else "")
-                failure = reason
-                if transient and transient_used < opt.max_retries and not self.stop.requested:
-                    rec["retry_reason"] = reason
-                    transient_used += 1
-                    self.journal.write("attempt-end", experiment_id=job.id, record=rec)
-                    self.say(f"    attempt {n} failed ({reason}); retrying ({transient_used}/{opt.max_retries})")
-                    if self._sleep(opt.retry_delay):
-                        continue
-                    status, failure = "interrupted", "stopped by Ctrl-C between attempts"
-                    break
-                if not transient:
-                    rec["not_retried"] = reason
-                self.journal.write("attempt-end", experiment_id=job.id, record=rec)
-                break
-        finally:
-            if bg is not None:
-                bg.stop()
-                pgids |= bg.pgids
-                pids |= bg.descendants
-        if bg is not None:  # each attempt already swept its own processes; the background's remain
-            strays += kill_stragglers(pgids | bg.pgids, pids, [token, token + "/background"], grace=opt.grace,
-                                      born_after=bg.born)
-        duration = time.monotonic() - t_start
-        if strays:
-            extra["stragglers"] = strays
-            warnings.append(f"{len(strays)} process(es) of this experiment were still alive after it ended and were killed")
-        metrics = extract_metrics(log_path, spec.log_patterns)
-        energy_metrics = read_energy(exp_dir) if measured else {}
-        if measured and not energy_metrics and status == "passed":
+    def _record_done(self, job: Job, plan: "JobPlan", done: Attempts, extra: Dict[str, object],
+                     duration: float) -> Outcome:
+        """experiment.json, the journal's experiment-end and the terminal line of an experiment that ran."""
+        pf, repo, warnings = self.preflights[job.id], self.ctx.registry.repos[job.foreground.repo], plan.warnings
+        status, failure, last, log_path = done.status, done.failure, done.last, plan.spec.log_path
+        if done.stragglers:
+            extra["stragglers"] = done.stragglers
+            warnings.append(f"{len(done.stragglers)} process(es) of this experiment were still alive after it ended "
+                            "and were killed")
+        metrics = extract_metrics(log_path, repo.log_patterns)
+        energy_metrics = read_energy(self._exp_dir(job)) if plan.measured else {}
+        if plan.measured and not energy_metrics and status == "passed":
             warnings.append("energy not measured: perf wrote no power/energy-pkg/ reading")
         lines = read_tail(log_path) if status != "passed" else []
-        excerpt = [mask_text(x, env) for x in error_excerpt(lines)] if lines else []
+        excerpt = [mask_text(x, plan.spec.env) for x in error_excerpt(lines)] if lines else []
+        exit_code = last.exit_code if last else None
         if status == "passed":
             message = "Training completed successfully"
-            if spec.log_patterns and not metrics:
-                warnings.append(NO_METRIC.format(", ".join(spec.log_patterns)))
-            elif not spec.log_patterns:
+            if repo.log_patterns and not metrics:
+                warnings.append(NO_METRIC.format(", ".join(repo.log_patterns)))
+            elif not repo.log_patterns:
                 warnings.append("the registry has no log_patterns for this repo: no metric extracted")
         elif status == "interrupted":
             message = f"interrupted: {failure}"
         else:
-            message = failure or f"exit code {last.exit_code if last else None}"
-        if bg is not None:
-            bg_info = {"restarts": max(0, bg.starts - 1), "exits": bg.exits[-20:]}
-            if bg.start_error:
-                bg_info["start_error"] = bg.start_error
-        else:
-            bg_info = None
-        record = experiment_record(job=job, status=status, timestamp=timestamp, duration=duration,
-                                   exit_code=last.exit_code if last else None, attempts=attempts, metrics=metrics,
-                                   error_message=message, error_excerpt=excerpt, preflight=pf.record(), launch=launch_rec,
-                                   warnings=warnings, background=bg_info, extra=extra, energy=energy_metrics)
+            message = failure or f"exit code {exit_code}"
+        record = experiment_record(job=job, status=status, timestamp=plan.timestamp, duration=duration,
+                                   exit_code=exit_code, attempts=done.records, metrics=metrics,
+                                   error_message=message, error_excerpt=excerpt, preflight=pf.record(), launch=plan.launch,
+                                   warnings=warnings, background=done.background, extra=extra, energy=energy_metrics)
         self._write(job, record)
         self.journal.write("experiment-end", experiment_id=job.id, status=status)
-        outcome = Outcome(job.id, status, pf.verdict, last.exit_code if last else None, len(attempts), duration,
+        outcome = Outcome(job.id, status, pf.verdict, exit_code, len(done.records), duration,
                           metrics, tuple(warnings), failure)
         self.say_outcome(outcome)
         return outcome
-
-    def _sleep(self, seconds: float) -> bool:
-        """Wait between attempts; False when a stop was requested meanwhile."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            if self.stop.requested:
-                return False
-            time.sleep(min(0.2, end - time.monotonic()))
-        return not self.stop.requested
 
     def say_outcome(self, o: Outcome) -> None:
         mark = {"passed": "✓", "failed": "✗", "interrupted": "■", "blocked": "⊘"}[o.status]

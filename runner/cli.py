@@ -19,6 +19,7 @@ from runner.results import FORMAT_VERSION, STATUSES
 
 def build_parser() -> argparse.ArgumentParser:
     from doctor.cli import add_common_args
+    from runner import backends
 
     p = argparse.ArgumentParser(
         prog="mutation-run", conflict_handler="resolve",
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not wrap experiments in `perf stat` even where the plan asks for energy measurement")
     p.add_argument("--allow-download", action="store_true",
                    help="weights missing from the cache do not block (the run may download them)")
+    p.add_argument("--backend", choices=backends.names(), default=None,
+                   help=f"how each experiment runs (default: {backends.DEFAULT}, a process group on this machine)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not stream the experiments' output")
     p.add_argument("--json", action="store_true", help="print the outcome (or the --dry-run plan) as one JSON object")
     return p
@@ -92,7 +95,8 @@ def _options_from(args, manifest: Optional[dict]):
     return Options(require_preflight=bool(args.require_preflight or saved.get("require_preflight", False)),
                    timeout=pick("timeout", None), grace=float(pick("grace", 10.0)),
                    max_retries=int(pick("max_retries", -1)), retry_delay=float(pick("retry_delay", 10.0)),
-                   wait_for_gpu=float(pick("wait_for_gpu", 0.0)), stream=not args.quiet, json_out=args.json)
+                   wait_for_gpu=float(pick("wait_for_gpu", 0.0)), stream=not args.quiet, json_out=args.json,
+                   backend=str(pick("backend", "local")))
 
 
 def _check_args(args) -> None:
@@ -254,7 +258,7 @@ def run(args) -> int:
             "only": ns.only, "probe_timeout": ns.timeout, "seed": seed,
             "options": {"require_preflight": options.require_preflight, "timeout": options.timeout, "grace": options.grace,
                         "max_retries": options.max_retries, "retry_delay": options.retry_delay,
-                        "wait_for_gpu": options.wait_for_gpu},
+                        "wait_for_gpu": options.wait_for_gpu, "backend": options.backend},
             "argv": list(sys.argv), "experiments": [j.to_dict() for j in jobs]})
     blocked = [pf for pf in preflights.values() if pf.verdict == "blocked"]
     say(f"mutation-run: {ctx.plan.name}: {len(jobs)} experiment(s) -> {run_dir}")
@@ -274,6 +278,7 @@ def run(args) -> int:
         outcomes = batch.run(resume=manifest is not None)
     finally:
         stop.restore()
+        batch.backend.close()
         changed = batch.give_back_all()
         if changed:
             say(f"gave {len(changed)} file(s) created as root back to {owner[2]}")

@@ -1,38 +1,27 @@
-"""Starting training processes and making sure they end.
+"""One experiment's attempts, through a backend: timeouts, stop requests, retries, the background job.
 
-Every child gets its own session (`start_new_session=True`), so its process group holds it and
-every descendant that does not escape on purpose; a timeout, Ctrl-C or the end of a parallel
-experiment signals the whole group: SIGTERM, then SIGKILL after a grace period. Output (stdout and
-stderr merged, in order) is written to the attempt's log and streamed to the terminal. After each
-experiment, `stragglers()` finds what is still alive (same process group, recorded descendants,
-or the run token in the environment, which survives `setsid` and double forks) and kills it.
+Nothing here knows how a job runs: `run_attempt` drives a `runner.backends.base.Handle` (wait,
+terminate, then kill after the grace period), `Background` keeps the parallel mode's background
+job alive while the foreground runs, and `AttemptLoop` runs an experiment's attempts (a transient
+failure is retried up to `max_retries`, each attempt's log kept) and reports how they ended.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import os
-import select
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import IO, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set
+from typing import IO, Callable, Dict, List, Mapping, Optional, Sequence
 
-TOKEN_VAR = "MUTATION_RUN_ID"
-POLL = 0.25  # seconds between checks of timeout / Ctrl-C / background while a child is quiet
-DESCENDANT_SCAN = 2.0  # seconds between snapshots of a child's descendants
-COALESCE = 0.02  # after a short read, wait this long so output is handled in batches (<= 50 wake-ups/s)
+from runner.backends.base import TOKEN_VAR, Backend, Exit, Handle, JobSpec, StartError  # noqa: F401 - TOKEN_VAR re-exported
+
+POLL = 0.25  # seconds between checks of timeout / Ctrl-C / background while a job is quiet
+LOG = "training.log"
 
 
 def now_iso() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def signal_name(num: int) -> str:
-    try:
-        return signal.Signals(num).name
-    except ValueError:
-        return f"SIG{num}"
 
 
 class StopRequest:
@@ -78,7 +67,7 @@ class StopRequest:
 
 @dataclass
 class AttemptResult:
-    """How one process run ended."""
+    """How one job ended."""
 
     started: str
     duration: float
@@ -86,218 +75,106 @@ class AttemptResult:
     signal: Optional[str]
     timed_out: bool = False
     interrupted: bool = False
-    pid: int = 0
     start_error: str = ""
-    descendants: Set[tuple] = field(default_factory=set)
+    job: Mapping[str, object] = field(default_factory=dict)
     stragglers: List[dict] = field(default_factory=list)
 
 
-def _killpg(pgid: int, sig: int) -> bool:
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-def _descendants(pid: int) -> Set[tuple]:
-    """(pid, start time) of every descendant of `pid` now; the start time guards against pid reuse."""
-    try:
-        import psutil
-
-        kids = [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    except Exception:  # noqa: BLE001 - the process may be gone; nothing to record
-        return set()
-    out = set()
-    for k in kids:
-        st = _proc_stat(k)
-        if st is not None:
-            out.add((k, st[2]))
-    return out
-
-
-def _pidfd(pid: int) -> List[int]:
-    """[a pidfd of `pid`] where the kernel has them (Linux 5.3+), else []."""
-    try:
-        return [os.pidfd_open(pid)]
-    except (AttributeError, OSError):
-        return []
-
-
-def _wait_exit(proc: subprocess.Popen, exit_fd: List[int], timeout: float) -> None:
-    """Sleep up to `timeout`, waking at once when the process exits."""
-    if exit_fd:
-        select.select(exit_fd, [], [], timeout)
-        return
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def start(argv: Sequence[str], cwd: str, env: Mapping[str, str], stdout) -> subprocess.Popen:
-    return subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=stdout,
-                            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-
-
-def run_attempt(argv: Sequence[str], cwd: str, env: Mapping[str, str], log_path: str, *,
-                timeout: Optional[float], grace: float, stop: StopRequest,
-                stream: Optional[IO[bytes]] = None, tick: Optional[Callable[[], None]] = None,
-                token: Optional[str] = None) -> AttemptResult:
-    """Run one process to its end, its output into `log_path` (and `stream`), honouring the
-    timeout and stop requests; returns how it ended. Never raises for a child that cannot start."""
-    started_iso, t0 = now_iso(), time.monotonic()
-    log = open(log_path, "wb")
-    try:
+def _tell(stream: Optional[IO[bytes]], path: str, text: str) -> None:
+    """A line of ours in the job's log (and on the terminal)."""
+    with open(path, "ab") as f:
+        f.write(text.encode())
+    if stream is not None:
         try:
-            proc = start(argv, cwd, env, subprocess.PIPE)
-        except OSError as e:
-            msg = f"cannot start {argv[0]!r} in {cwd}: {e.strerror or e}\n"
-            log.write(msg.encode())
-            if stream is not None:
-                stream.write(msg.encode())
-                stream.flush()
-            return AttemptResult(started_iso, time.monotonic() - t0, exit_code=127 if isinstance(e, FileNotFoundError) else 126,
-                                 signal=None, start_error=msg.strip())
-        fd = proc.stdout.fileno()
-        os.set_blocking(fd, False)
-        exit_fd = _pidfd(proc.pid)  # readable when the child exits: no polling for its end
-        born = (_proc_stat(proc.pid) or ("", 0, 0))[2]  # nothing of this attempt is older
-        pgid = proc.pid
-        deadline = t0 + timeout if timeout else None
-        kill_at: Optional[float] = None
-        timed_out = interrupted = False
-        eof = False
-        exited_at: Optional[float] = None
-        descendants: Set[tuple] = set()
-        next_scan = t0 + 0.5
-        while True:
-            if not eof:
-                try:
-                    ready, _, _ = select.select([fd] + (exit_fd if exited_at is None else []), [], [], POLL)
-                    ready = [r for r in ready if r == fd]
-                except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for safety
-                    ready = []
-                if ready:
-                    try:
-                        data = os.read(fd, 1 << 16)
-                    except BlockingIOError:
-                        data = None
-                    if data == b"":
-                        eof = True
-                    elif data:
-                        log.write(data)
-                        if stream is not None:
-                            try:
-                                stream.write(data)
-                                stream.flush()
-                            except (OSError, ValueError):
-                                stream = None
-                        if len(data) < (1 << 15):
-                            # a chatty job: gather its lines instead of waking up for each one
-                            # (returns at once when the job ends)
-                            _wait_exit(proc, exit_fd, COALESCE)
-            else:
-                _wait_exit(proc, exit_fd, POLL)
-            now = time.monotonic()
-            if proc.poll() is not None:
-                if exited_at is None:
-                    exited_at = now
-                    descendants |= _descendants(proc.pid)
-                # the leader is gone: finish when its output ends, or shortly after if a
-                # descendant still holds the pipe open (it is a straggler, dealt with later)
-                if eof or now - exited_at > 0.5:
-                    break
-                continue
-            if now >= next_scan:
-                descendants |= _descendants(proc.pid)
-                next_scan = now + DESCENDANT_SCAN
-            if stop.count >= 2 and kill_at is not None and now < kill_at:
-                kill_at = now
-            if kill_at is None:
-                if stop.requested:
-                    interrupted = True
-                elif deadline is not None and now >= deadline:
-                    timed_out = True
-                if interrupted or timed_out:
-                    _killpg(pgid, signal.SIGTERM)
-                    kill_at = now + (0 if stop.count >= 2 else grace)
-            elif now >= kill_at:
-                _killpg(pgid, signal.SIGKILL)
-                kill_at = float("inf")
-            if tick is not None:
-                tick()
-        rc = proc.wait()
-        duration = time.monotonic() - t0
-        for f in exit_fd:
-            os.close(f)
-        # anything of this attempt still alive once the leader ended (in its group, a recorded
-        # descendant, or carrying its token after escaping with setsid) is stopped and reported
-        strays = kill_stragglers({pgid}, descendants, [token] if token else (), grace=grace, born_after=born)
-        proc.stdout.close()
-        return AttemptResult(started_iso, duration, exit_code=rc if rc >= 0 else None,
-                             signal=signal_name(-rc) if rc < 0 else None, timed_out=timed_out,
-                             interrupted=interrupted, pid=proc.pid, descendants=descendants, stragglers=strays)
-    finally:
-        log.close()
+            stream.write(text.encode())
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def run_attempt(backend: Backend, spec: JobSpec, *, timeout: Optional[float], stop: StopRequest,
+                stream: Optional[IO[bytes]] = None, tick: Optional[Callable[[], None]] = None) -> AttemptResult:
+    """Run one job to its end, honouring the timeout and stop requests (terminate, then kill after
+    `spec.grace`); returns how it ended. Never raises for a job that cannot start."""
+    started, t0 = now_iso(), time.monotonic()
+    try:
+        handle = backend.start(spec, stream)
+    except StartError as e:
+        _tell(stream, spec.log_path, e.message + "\n")
+        return AttemptResult(started, time.monotonic() - t0, exit_code=e.exit_code, signal=None, start_error=e.message)
+    deadline = t0 + timeout if timeout else None
+    kill_at: Optional[float] = None
+    timed_out = interrupted = False
+    while True:
+        end = handle.wait(POLL)
+        if end is not None:
+            break
+        now = time.monotonic()
+        if stop.count >= 2 and kill_at is not None and now < kill_at:
+            kill_at = now
+        if kill_at is None:
+            if stop.requested:
+                interrupted = True
+            elif deadline is not None and now >= deadline:
+                timed_out = True
+            if interrupted or timed_out:
+                handle.terminate()
+                kill_at = now + (0 if stop.count >= 2 else spec.grace)
+        elif now >= kill_at:
+            handle.kill()
+            kill_at = float("inf")
+        if tick is not None:
+            tick()
+    duration = time.monotonic() - t0
+    strays = handle.cleanup()
+    return AttemptResult(started, duration, exit_code=end.exit_code, signal=end.signal, timed_out=timed_out,
+                         interrupted=interrupted, job=handle.record(), stragglers=strays)
 
 
 class Background:
     """A parallel experiment's background job: started first, restarted whenever it exits while
-    the foreground runs (with a back-off when it keeps failing fast), stopped by group at the end."""
+    the foreground runs (with a back-off when it keeps failing fast), stopped at the end."""
 
     MIN_UPTIME = 2.0  # a job that ends sooner is failing fast: wait before restarting it, longer each time
     FIRST_BACKOFF = 0.25
     MAX_BACKOFF = 30.0
 
-    def __init__(self, argv: Sequence[str], cwd: str, env: Mapping[str, str], log_path: str, grace: float):
-        self.argv, self.cwd, self.env, self.log_path, self.grace = list(argv), cwd, dict(env), log_path, grace
-        self.proc: Optional[subprocess.Popen] = None
-        self.log = None
+    def __init__(self, backend: Backend, spec: JobSpec):
+        self.backend, self.spec = backend, spec
+        self.handle: Optional[Handle] = None
+        self.first: Optional[Handle] = None
         self.starts = 0
         self.exits: List[dict] = []
-        self.pgids: Set[int] = set()
-        self.descendants: Set[tuple] = set()
         self.start_error = ""
-        self.born = 0
         self._started_at = 0.0
         self._restart_at: Optional[float] = None
         self._backoff = self.FIRST_BACKOFF
-        self._next_scan = 0.0
 
     def start(self) -> None:
-        if self.log is None:
-            self.log = open(self.log_path, "ab")
         self.starts += 1
-        self.log.write(f"=== background start {self.starts} at {now_iso()}: {' '.join(self.argv)}\n".encode())
-        self.log.flush()
+        _tell(None, self.spec.log_path, f"=== background start {self.starts} at {now_iso()}: {' '.join(self.spec.argv)}\n")
         try:
-            self.proc = start(self.argv, self.cwd, self.env, self.log)
-        except OSError as e:
-            self.start_error = f"cannot start {self.argv[0]!r} in {self.cwd}: {e.strerror or e}"
-            self.log.write((self.start_error + "\n").encode())
-            self.log.flush()
-            self.proc = None
+            self.handle = self.backend.start(self.spec)
+        except StartError as e:
+            self.start_error = e.message
+            _tell(None, self.spec.log_path, e.message + "\n")
+            self.handle = None
             self._restart_at = time.monotonic() + self.MAX_BACKOFF
             return
-        self.pgids = {self.proc.pid}  # earlier groups were killed when their leader ended
-        if not self.born:
-            self.born = (_proc_stat(self.proc.pid) or ("", 0, 0))[2]  # nothing of the job is older
+        self.first = self.first or self.handle
         self._started_at = time.monotonic()
         self._restart_at = None
 
     def tick(self) -> None:
         """Called while the foreground runs: restart the job when it has ended."""
         now = time.monotonic()
-        if self.proc is not None and self.proc.poll() is None:
-            if now >= self._next_scan:
-                self.descendants |= _descendants(self.proc.pid)
-                self._next_scan = now + DESCENDANT_SCAN
+        end = self.handle.wait(0) if self.handle is not None else None
+        if self.handle is not None and end is None:
             return
-        if self.proc is not None:
-            self._record_exit(self.proc.returncode)
-            _killpg(self.proc.pid, signal.SIGKILL)  # leftovers of the finished job
-            self.proc = None
+        if self.handle is not None:
+            self._record_exit(end)
+            self.handle.kill()  # leftovers of the finished job
+            self.handle = None
             if now - self._started_at < self.MIN_UPTIME:
                 self._restart_at = now + self._backoff
                 self._backoff = min(self._backoff * 2, self.MAX_BACKOFF)
@@ -307,117 +184,136 @@ class Background:
         if self._restart_at is not None and now >= self._restart_at:
             self.start()
 
-    def _record_exit(self, rc: int, **more) -> None:
-        self.exits.append({"exit_code": rc if rc >= 0 else None, "signal": signal_name(-rc) if rc < 0 else None,
+    def _record_exit(self, end: Exit, **more) -> None:
+        self.exits.append({"exit_code": end.exit_code, "signal": end.signal,
                            "seconds": round(time.monotonic() - self._started_at, 3), **more})
 
-    def stop(self) -> None:
-        """SIGTERM to the group, SIGKILL after the grace period; every group it ever had is killed."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.descendants |= _descendants(self.proc.pid)
-            _killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=self.grace)
-            except subprocess.TimeoutExpired:
-                pass
-        if self.proc is not None:
-            _killpg(self.proc.pid, signal.SIGKILL)
-            try:
-                self._record_exit(self.proc.wait(timeout=5), stopped=True)
-            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
-                pass
-            self.proc = None
-        if self.log is not None:
-            self.log.write(f"=== background stopped at {now_iso()} after {self.starts} start(s)\n".encode())
-            self.log.close()
-            self.log = None
+    def stop(self) -> List[dict]:
+        """Terminate, kill after the grace period; returns the leftovers of every start, stopped."""
+        h = self.handle
+        if h is not None:
+            end = h.wait(0)
+            if end is None:
+                h.terminate()
+                end = h.wait(self.spec.grace)
+            h.kill()
+            end = end or h.wait(5)
+            if end is not None:
+                self._record_exit(end, stopped=True)
+            self.handle = None
+        strays: List[dict] = []
+        for handle in dict.fromkeys(x for x in (h, self.first) if x is not None):
+            seen = {s["pid"] for s in strays}
+            strays += [s for s in handle.cleanup() if s["pid"] not in seen]
+        _tell(None, self.spec.log_path, f"=== background stopped at {now_iso()} after {self.starts} start(s)\n")
+        return strays
+
+    def record(self) -> dict:
+        info = {"restarts": max(0, self.starts - 1), "exits": self.exits[-20:]}
+        if self.start_error:
+            info["start_error"] = self.start_error
+        return info
 
 
-def _proc_stat(pid: int):
-    """(state, pgid, start time in clock ticks) from /proc/<pid>/stat, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    rest = data[data.rfind(b")") + 2:].split()
-    try:
-        return rest[0].decode(), int(rest[2]), int(rest[19])
-    except (IndexError, ValueError):
-        return None
+@dataclass
+class Attempts:
+    """How an experiment's attempts ended: `status` passed / failed / interrupted, the failure
+    reason (masked), every attempt's record, the last job result, leftovers found, the background."""
+
+    status: str = "failed"
+    failure: str = ""
+    records: List[dict] = field(default_factory=list)
+    last: Optional[AttemptResult] = None
+    stragglers: List[dict] = field(default_factory=list)
+    background: Optional[dict] = None
 
 
-def _has_token(pid: int, needles: Sequence[bytes]) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            env = b"\0" + f.read()
-    except OSError:
-        return False
-    return any(n in env for n in needles)
+class AttemptLoop:
+    """Runs one experiment's attempts through a backend: moves the previous attempt's log aside,
+    journals each attempt, retries transient failures (`classify` over the log's tail) up to
+    `max_retries` after `retry_delay`, keeps the background job (if any) running meanwhile."""
 
+    def __init__(self, backend: Backend, spec: JobSpec, *, background: Optional[JobSpec], options, stop: StopRequest,
+                 journal, say: Callable[..., None], experiment_id: str, stream: Optional[IO[bytes]] = None):
+        self.backend, self.spec, self.bg_spec, self.opt = backend, spec, background, options
+        self.stop, self.journal, self.say, self.eid, self.stream = stop, journal, say, experiment_id, stream
 
-def stragglers(pgids: Set[int], pids: Set[tuple], tokens: Iterable[str] = (), born_after: int = 0) -> List[dict]:
-    """Processes of an experiment still alive: in one of its process groups, recorded as a
-    descendant, or carrying one of its run tokens in the environment. Zombies are dead and not
-    reported. `born_after`: start time (clock ticks since boot, as in /proc/<pid>/stat) before
-    which no process can belong to the experiment. Reads /proc directly (a few ms for hundreds of
-    processes)."""
-    needles = [b"\0" + f"{TOKEN_VAR}={t}".encode() + b"\0" for t in tokens if t]
-    me = os.getpid()
-    out = []
-    try:
-        entries = [int(d) for d in os.listdir("/proc") if d.isdigit()]
-    except OSError:  # pragma: no cover - Linux only
-        entries = []
-    for pid in entries:
-        if pid == me:
-            continue
-        st = _proc_stat(pid)
-        if st is None or st[0] in ("Z", "X") or st[2] < born_after:
-            continue
-        if (pid, st[2]) in pids or st[1] in pgids or (needles and _has_token(pid, needles)):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:300]
-            except OSError:
-                cmd = ""
-            out.append({"pid": pid, "cmdline": cmd})
-    return out
-
-
-def _wait_gone(pids: Iterable[int], timeout: float) -> Set[int]:
-    """Wait until the processes are gone (or zombies); returns those still alive."""
-    left = set(pids)
-    end = time.monotonic() + timeout
-    while left:
-        left = {p for p in left if (_proc_stat(p) or ("X",))[0] not in ("Z", "X")}
-        if not left or time.monotonic() >= end:
-            break
-        time.sleep(0.02)
-    return left
-
-
-def _signal_pids(pids: Iterable[int], sig: int) -> None:
-    for pid in pids:
+    def run(self, prior: Sequence[dict] = (), prior_stragglers: Sequence[dict] = ()) -> Attempts:
+        out = Attempts(records=list(prior), stragglers=list(prior_stragglers))
+        bg = Background(self.backend, self.bg_spec) if self.bg_spec is not None else None
+        if bg is not None:
+            bg.start()
         try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+            self._loop(out, bg)
+        finally:
+            if bg is not None:
+                out.stragglers += bg.stop()
+                out.background = bg.record()
+        return out
 
+    def _move_aside(self, attempts: List[dict], n: int) -> None:
+        exp_dir = os.path.dirname(self.spec.log_path)
+        if os.path.exists(self.spec.log_path) and attempts:
+            prev = attempts[-1]
+            aside = f"training.attempt{prev.get('attempt') or n - 1}.log"
+            os.replace(self.spec.log_path, os.path.join(exp_dir, aside))
+            prev["log"] = aside
+            self.journal.write("attempt-log-moved", experiment_id=self.eid, attempt=prev.get("attempt"), log=aside)
 
-def kill_stragglers(pgids: Set[int], pids: Set[tuple], tokens: Iterable[str] = (), grace: float = 2.0,
-                    born_after: int = 0) -> List[dict]:
-    """Find what is left of an experiment, SIGTERM then SIGKILL it (after `grace`, at most 2 s);
-    returns what was found, each with `killed` (gone afterwards)."""
-    left = stragglers(pgids, pids, tokens, born_after)
-    if not left:
-        return []
-    found = [s["pid"] for s in left]
-    _signal_pids(found, signal.SIGTERM)
-    alive = _wait_gone(found, min(grace, 2.0))
-    if alive:
-        _signal_pids(alive, signal.SIGKILL)
-        alive = _wait_gone(alive, 2.0)
-    for s in left:
-        s["killed"] = s["pid"] not in alive
-    return left
+    def _loop(self, out: Attempts, bg: Optional[Background]) -> None:
+        from core.secrets import mask_text
+        from runner.logtail import classify, read_tail
+
+        opt, attempts = self.opt, out.records
+        transient_used = sum(1 for a in attempts if a.get("retry_reason"))
+        while True:
+            n = max([a.get("attempt") or 0 for a in attempts] + [0]) + 1
+            self._move_aside(attempts, n)
+            self.journal.write("attempt-start", experiment_id=self.eid, attempt=n, log=LOG, started=now_iso())
+            res = run_attempt(self.backend, self.spec, timeout=opt.timeout, stop=self.stop, stream=self.stream,
+                              tick=bg.tick if bg else None)
+            out.stragglers += res.stragglers
+            out.last = res
+            rec = {"attempt": n, "log": LOG, "started": res.started, "duration_seconds": round(res.duration, 3),
+                   "exit_code": res.exit_code, "signal": res.signal, "timed_out": res.timed_out, "retry_reason": None}
+            if res.job:
+                rec["job"] = dict(res.job)
+            if res.interrupted:
+                rec["interrupted"] = True
+            attempts.append(rec)
+            if res.interrupted:
+                out.status = "interrupted"
+                out.failure = "stopped by " + ("Ctrl-C" if (self.stop.signum or 2) == 2 else f"signal {self.stop.signum}")
+                break
+            if res.exit_code == 0:
+                out.status = "passed"
+                break
+            transient, reason = classify(read_tail(self.spec.log_path), res.exit_code, res.signal, res.timed_out)
+            if res.start_error:
+                transient, reason = False, res.start_error
+            reason = mask_text(reason, self.spec.env)  # it quotes the log: it goes to the records and the terminal
+            if res.timed_out:
+                reason = f"timed out after {opt.timeout:g} s" + (f" ({reason})" if reason != "timeout" else "")
+            out.failure = reason
+            if transient and transient_used < opt.max_retries and not self.stop.requested:
+                rec["retry_reason"] = reason
+                transient_used += 1
+                self.journal.write("attempt-end", experiment_id=self.eid, record=rec)
+                self.say(f"    attempt {n} failed ({reason}); retrying ({transient_used}/{opt.max_retries})")
+                if self._sleep(opt.retry_delay):
+                    continue
+                out.status, out.failure = "interrupted", "stopped by Ctrl-C between attempts"
+                return
+            if not transient:
+                rec["not_retried"] = reason
+            break
+        self.journal.write("attempt-end", experiment_id=self.eid, record=rec)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait between attempts; False when a stop was requested meanwhile."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if self.stop.requested:
+                return False
+            time.sleep(min(0.2, end - time.monotonic()))
+        return not self.stop.requested

@@ -351,8 +351,10 @@ def test_foreign_gpu_process_recorded_and_wait_for_gpu_waits_for_memory(tmp_path
         root = make_project(tmp_path, {"r": {"script": ok, "requires": {"m": [{"gpu_memory_gb": 4}]}}}, [entry()])
         proc = subprocess.Popen(runner_argv(root, "--wait-for-gpu", "30"), cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(2.0)
-        assert proc.poll() is None  # 3 GiB free, 4 needed: still waiting
+        assert wait_for(lambda: list((root / "results").glob("run_*/journal.jsonl")))  # the batch has begun
+        time.sleep(1.5)
+        assert proc.poll() is None  # 3 GiB free, 4 needed: still waiting...
+        assert not (run_dir(root) / "r_m_001" / "training.log").exists()  # ...and the experiment not started
         state["gpus"][0]["memory_used"] = 1024
         fake_nvidia_smi.write_state(bindir, state)
         out, err = proc.communicate(timeout=30)
@@ -360,7 +362,7 @@ def test_foreign_gpu_process_recorded_and_wait_for_gpu_waits_for_memory(tmp_path
         r = record(root, "r_m_001")
         assert [p["pid"] for p in r["gpu_foreign_processes"]] == [stray.pid]
         assert r["gpu_foreign_processes"][0]["memory_mib"] == 7000
-        assert r["gpu_wait_seconds"] >= 1.5 and "waiting up to 30 s for 4 GiB" in err
+        assert r["gpu_wait_seconds"] > 0 and "waiting up to 30 s for 4 GiB" in err
     finally:
         stray.kill()
         stray.wait()
