@@ -11,6 +11,7 @@ user's is imported or run. Every need carries its provenance and a confidence:
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -127,6 +128,26 @@ def _model_needs(memo: SourceMemo, spec, model: str, home: str, path_env: str):
     return facts, found, {(r.file, r.line) for r in reached}
 
 
+def _dedupe(found: List[Found]) -> List[Found]:
+    """One Found per need: the same weights loaded at two places keep both provenances."""
+    out: Dict[str, Found] = {}
+    rest = []
+    for f in found:
+        if f.need is None:
+            rest.append(f)
+            continue
+        key = f.need.key
+        old = out.get(key)
+        if old is None:
+            out[key] = f
+        elif f.blocking and not old.blocking:
+            out[key] = f
+        elif f.blocking == old.blocking:
+            out[key] = dataclasses.replace(old, provenance=old.provenance + ", " + f.provenance.split(" ", 1)[-1],
+                                           detail=old.detail + "; " + f.detail)
+    return list(out.values()) + rest
+
+
 def _merge_declared(found: List[Found], declared: Tuple[Need, ...], model: str) -> Tuple[Found, ...]:
     """Declared needs first; a declared kind replaces the discovered needs of that kind."""
     kinds = {n.kind for n in declared}
@@ -135,7 +156,7 @@ def _merge_declared(found: List[Found], declared: Tuple[Need, ...], model: str) 
         kinds |= weights
     out = [Found(n.kind, dict(n.spec), n.repo, model, "declared", DECLARED, True, n) for n in declared]
     keys = {n.key for n in declared}
-    for f in found:
+    for f in _dedupe(found):
         if f.kind in kinds or (f.need is not None and f.need.key in keys):
             continue
         out.append(f)
@@ -157,9 +178,12 @@ def discover_repo(memo: SourceMemo, spec, home: str, path_env: str) -> RepoNeeds
 
         dneeds = tuple(Need(kind=need_kind(d), spec=d, repo=spec.name, repo_dir=spec.path) for d in declared)
         models[model] = _merge_declared(found, dneeds, model)
+    spath = script_path(spec.path, spec.train_script)
+    if not os.path.isfile(spath):
+        unresolved.append(Unresolved(spath, 0, spec.train_script, "the train script does not exist"))
     candidates = tuple(_load_found(spec.name, spec.path, "*", r, False, "no model of the registry is shown to reach it")
                        for r in repo_loads(memo, spec.path) if (r.file, r.line) not in touched)
-    return RepoNeeds(spec.name, script_path(spec.path, spec.train_script), models, candidates,
+    return RepoNeeds(spec.name, spath, models, candidates,
                      facts_by_model, tuple(unresolved))
 
 
