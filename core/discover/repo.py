@@ -13,7 +13,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from core.discover.attribute import YES, Reached, reached_loads
 from core.discover.pysource import SCAN_VERSION, may_load, scan_source
 from core.discover.script import ScriptFacts, script_facts
-from core.discover.shell import Script, parse_script
+from core.discover.shell import Script, parse_script, script_from_json, script_to_json
 from core.memo import JsonMemo
 
 SKIP_DIRS = {".git", "__pycache__", "node_modules", "site-packages", ".venv", "venv", "env", ".tox", "build", "dist"}
@@ -68,11 +68,17 @@ class SourceMemo:
             return None
         hit = self._scripts.get(key)
         if hit is None:
-            try:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    hit = parse_script(path, f.read())
-            except OSError:
-                return None
+            stored = self.disk.get("sh:" + key)
+            if stored is not None:
+                hit = script_from_json(path, stored)
+            else:
+                try:
+                    with open(path, encoding="utf-8", errors="replace") as f:
+                        hit = parse_script(path, f.read())
+                except OSError:
+                    return None
+                self.scanned += 1
+                self.disk.put("sh:" + key, script_to_json(hit))
             self._scripts[key] = hit
         return hit
 

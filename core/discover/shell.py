@@ -251,3 +251,15 @@ def parse_script(path: str, text: str) -> Script:
     if buffer:
         unparsed.append((buffer_line, buffer.splitlines()[0][:120]))
     return Script(path=path, stmts=tuple(p.stmts), unparsed=tuple(unparsed))
+
+
+def script_to_json(script: Script) -> dict:
+    """A parsed script as JSON (for the on-disk memo)."""
+    return {"stmts": [[st.line, list(st.words), [[b.kind, b.subject, list(b.patterns), b.line] for b in st.blocks]]
+                      for st in script.stmts], "unparsed": [list(u) for u in script.unparsed]}
+
+
+def script_from_json(path: str, data: dict) -> Script:
+    stmts = tuple(Stmt(line, tuple(words), tuple(Block(k, subj, tuple(pats), ln) for k, subj, pats, ln in blocks))
+                  for line, words, blocks in data.get("stmts", []))
+    return Script(path=path, stmts=stmts, unparsed=tuple(tuple(u) for u in data.get("unparsed", [])))
