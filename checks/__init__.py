@@ -41,4 +41,5 @@ CHECKS = (
     Check("system", "disk", "Disk space and inodes", "checks.system:check_disk"),
     Check("system", "ownership", "Files left root-owned", "checks.system:check_ownership"),
     Check("system", "mounts", "Datasets on mounted filesystems", "checks.system:check_dataset_mounts"),
+    Check("system", "cluster", "Slurm cluster: commands, partition, shared folders", "checks.cluster:check_cluster"),
 )

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=backends.names(), default=None,
                    help=f"how each experiment runs (default: {backends.DEFAULT}, a process group on this machine)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not stream the experiments' output")
+    from runner.backends.slurm_batch import add_slurm_args
+
+    add_slurm_args(p)  # --partition, --gpus-per-node, --time, ... of --backend slurm
     p.add_argument("--json", action="store_true", help="print the outcome (or the --dry-run plan) as one JSON object")
     return p
 
@@ -139,7 +142,7 @@ def _context(args, manifest: Optional[dict]):
     return make_context(ns, **extra), ns
 
 
-def _dry_run(args, ctx, jobs, preflights, seed, energy) -> int:
+def _dry_run(args, ctx, jobs, preflights, seed, energy, extra: Optional[dict] = None) -> int:
     from runner.command import side_command
 
     items = []
@@ -166,7 +169,8 @@ def _dry_run(args, ctx, jobs, preflights, seed, energy) -> int:
     if args.json:
         json.dump({"format_version": FORMAT_VERSION, "dry_run": True, "settings_file": ctx.plan.file,
                    "models_config": ctx.registry.path, "seed": seed, "launch": {"how": ctx.launch.how, "user": ctx.launch.user},
-                   "experiments": items, "summary": {"experiments": len(items), "pass": len(items) - blocked, "blocked": blocked}},
+                   "experiments": items, "summary": {"experiments": len(items), "pass": len(items) - blocked, "blocked": blocked},
+                   **(extra or {})},
                   sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
@@ -192,6 +196,8 @@ def _dry_run(args, ctx, jobs, preflights, seed, energy) -> int:
             for warn in it["warnings"]:
                 w(f"    ! {warn}\n")
         w(f"\n{len(items) - blocked} of {len(items)} can run, {blocked} blocked\n")
+        if extra and extra.get("sbatch_script"):
+            w("\nsbatch script (one array task per experiment):\n" + extra["sbatch_script"])
     return 1 if blocked else 0
 
 
@@ -236,8 +242,14 @@ def run(args) -> int:
         some = next(iter(preflights.values()), None)
         energy = energy_plan(ctx, base_report, some.child.popen_env() if some else ctx.launch.env,
                              some.child.prefix if some else ())
+    slurm = None
+    if options.backend == "slurm":
+        from runner.backends import slurm_batch
+
+        slurm = slurm_batch.slurm_options(args, manifest)
     if args.dry_run:
-        return _dry_run(args, ctx, jobs, preflights, seed, energy)
+        return _dry_run(args, ctx, jobs, preflights, seed, energy,
+                        extra=slurm_batch.dry_run_extra(slurm, args.results_dir or "results", len(jobs)) if slurm else None)
 
     owner = sudo_owner()
     if manifest is not None:
@@ -246,6 +258,8 @@ def run(args) -> int:
     else:
         results_dir = os.path.abspath(args.results_dir) if args.results_dir else os.path.join(
             ctx.options.project_root, "results")
+        if slurm:
+            slurm_batch.check_submission(ctx, slurm, preflights, results_dir)
         try:
             run_dir = new_run_dir(results_dir)
         except OSError as e:
@@ -259,15 +273,20 @@ def run(args) -> int:
             "options": {"require_preflight": options.require_preflight, "timeout": options.timeout, "grace": options.grace,
                         "max_retries": options.max_retries, "retry_delay": options.retry_delay,
                         "wait_for_gpu": options.wait_for_gpu, "backend": options.backend},
-            "argv": list(sys.argv), "experiments": [j.to_dict() for j in jobs]})
+            "argv": list(sys.argv), "experiments": [j.to_dict() for j in jobs],
+            **({"slurm": slurm.to_dict()} if slurm else {})})
     blocked = [pf for pf in preflights.values() if pf.verdict == "blocked"]
     say(f"mutation-run: {ctx.plan.name}: {len(jobs)} experiment(s) -> {run_dir}")
     say(f"preflight: {len(jobs) - len(blocked)} can run, {len(blocked)} blocked"
         + ("" if options.require_preflight or not blocked else " (running them anyway: no --require-preflight)"))
 
     stop = StopRequest().install()
-    batch = Batch(ctx=ctx, jobs=jobs, preflights=preflights, run_dir=run_dir, options=options, say=say, stop=stop,
-                  owner=owner, since=since, energy=energy)
+    if slurm:
+        batch = slurm_batch.SlurmBatch(ctx=ctx, jobs=jobs, preflights=preflights, run_dir=run_dir, options=options,
+                                       slurm=slurm, say=say, stop=stop, no_energy=args.no_energy)
+    else:
+        batch = Batch(ctx=ctx, jobs=jobs, preflights=preflights, run_dir=run_dir, options=options, say=say, stop=stop,
+                      owner=owner, since=since, energy=energy)
     if energy.perf:
         say(f"energy: {len(energy.experiments)} experiment(s) measured with {energy.perf} stat ({', '.join(energy.events)})")
     elif energy.asked:

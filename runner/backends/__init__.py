@@ -10,6 +10,7 @@ from typing import Tuple
 
 BACKENDS = {
     "local": "runner.backends.local:LocalBackend",
+    "slurm": "runner.backends.slurm:SlurmBackend",
 }
 DEFAULT = "local"
 

@@ -1,0 +1,470 @@
+"""The submitter of a Slurm batch: one job array for the experiments, followed to their end.
+
+It owns the run folder's shared files (journal.jsonl, summary.csv); each job writes only its
+experiment folder (runner/nodejob.py). The journal gets the submission before sbatch runs and the
+job ids after, so a `--resume` after the submitter was killed re-attaches to the running jobs
+(found by name if it died in between) and submits only what never ran. A job that ended without
+its record (killed by a signal, out of memory, a lost node) is recorded here from Slurm's
+accounting; a record whose job was stopped by Slurm's time limit says so. Ctrl-C cancels the
+batch's jobs (scancel; a second Ctrl-C sends SIGKILL) and waits, bounded, for their records.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from runner.backends.slurm import (SlurmOptions, accounting, cancel, executor, kill_wait, queue,
+                                   submitted_by_name)
+
+POLL = 1.0  # seconds between two looks at the queue (one squeue for the whole batch)
+QUEUED = ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED")
+ENDED_STATES = {"TIMEOUT": "killed by Slurm at the job's time limit{limit}",
+                "OUT_OF_MEMORY": "killed by Slurm: out of memory (raise --mem)",
+                "NODE_FAIL": "the node {node} failed under the job",
+                "PREEMPTED": "preempted by Slurm",
+                "BOOT_FAIL": "the node {node} failed to boot for the job",
+                "DEADLINE": "killed by Slurm at the job's deadline"}
+ORDER = ("pending", "running", "passed", "failed", "blocked", "interrupted")
+
+
+class Progress:
+    """Per-state counts: one line updated in place on a terminal, a plain line per change when piped."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.last = ""
+        self.shown = False
+
+    def show(self, counts: Mapping[str, int]) -> None:
+        line = "slurm: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in ORDER if counts.get(k) or k in ORDER[:3])
+        if line == self.last:
+            return
+        self.last = line
+        try:
+            self.stream.write(("\r\x1b[2K" + line) if self.tty else line + "\n")
+            self.stream.flush()
+            self.shown = self.tty
+        except (OSError, ValueError):
+            pass
+
+    def clear(self) -> None:
+        """Before another message: end the in-place line."""
+        if self.shown:
+            try:
+                self.stream.write("\r\x1b[2K")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+            self.shown = False
+            self.last = ""
+
+
+def exit_signal(code: str) -> Tuple[Optional[int], Optional[int]]:
+    """sacct's ExitCode "code:signal" as (exit code, signal number)."""
+    a, _, b = (code or "").partition(":")
+    try:
+        return int(a), (int(b) or None) if b else None
+    except ValueError:
+        return None, None
+
+
+class SlurmBatch:
+    """Submits the batch's experiments as one job array, follows them to their end, records what
+    the jobs could not, and keeps the journal and summary.csv. `run()` returns the outcomes."""
+
+    def __init__(self, *, ctx, jobs, preflights, run_dir: str, options, slurm: SlurmOptions, say, stop,
+                 no_energy: bool = False, progress: Optional[Progress] = None):
+        self.ctx, self.jobs, self.preflights, self.run_dir = ctx, list(jobs), preflights, run_dir
+        self.opt, self.slurm, self.stop, self.no_energy = options, slurm, stop, no_energy
+        self.progress = progress or Progress()
+        self._say = say
+        self.run_id = os.path.basename(run_dir)
+        self.job_name = f"mutation-run.{self.run_id}"
+        self.by_id = {j.id: j for j in self.jobs}
+        self.records: Dict[str, dict] = {}
+        self.open: Dict[str, str] = {}  # Slurm job id -> experiment id, not ended yet
+        self.states: Dict[str, str] = {}  # experiment id -> pending | running
+        self.gone: Dict[str, float] = {}  # job id -> when it left the queue without a record seen
+        self.cancelled = False
+        self.journal = None
+        from runner.backends.slurm import SlurmBackend
+
+        self.backend = SlurmBackend()
+
+    def take_snapshot(self) -> None:
+        """The jobs run as the submitting user: nothing to hand back (the local batch's interface)."""
+
+    def give_back_all(self) -> list:
+        return []
+
+    def say(self, msg: str, **kw) -> None:
+        self.progress.clear()
+        self._say(msg, **kw)
+
+    def _exp_path(self, eid: str, name: str = "experiment.json") -> str:
+        return os.path.join(self.run_dir, eid, name)
+
+    # -- the run ------------------------------------------------------------------------------------
+    def run(self, resume: bool = False):
+        from runner.results import Journal
+
+        self.journal = Journal(os.path.join(self.run_dir, "journal.jsonl"))
+        try:
+            self.journal.write("run-resume" if resume else "run-start", pid=os.getpid(), run_id=self.run_id,
+                               backend="slurm")
+            todo = self._resume_state() if resume else list(self.jobs)
+            todo = self._login_filter(todo)
+            if todo and not self.stop.requested:
+                self._submit(todo)
+            self._watch()
+            self.write_summary()
+            outcomes = self.outcomes()
+            self.journal.write("run-end", interrupted=self.stop.requested,
+                               counts={s: sum(o.status == s for o in outcomes) for s in ORDER[2:]})
+        finally:
+            self.journal.close()
+        return outcomes
+
+    def write_summary(self) -> None:
+        from runner.results import write_summary
+
+        order = [j.id for j in self.jobs if j.id in self.records]
+        write_summary(os.path.join(self.run_dir, "summary.csv"), [self.records[i] for i in order])
+
+    def outcomes(self):
+        from runner.batch import Outcome
+
+        out = []
+        for j in self.jobs:
+            r = self.records.get(j.id)
+            if r is None:
+                continue
+            user = r.get("foreground") if isinstance(r.get("foreground"), dict) else r
+            out.append(Outcome(j.id, r.get("status", "failed"), (r.get("preflight") or {}).get("verdict", ""),
+                               r.get("exit_code"), len(r.get("attempts") or ()), user.get("duration_seconds") or 0.0,
+                               user.get("performance_metrics") or {}, tuple(r.get("warnings") or ()),
+                               "" if r.get("status") == "passed" else user.get("error_message", "")))
+        return out
+
+    # -- resume: re-attach to what was submitted, submit only what never ran -----------------------------
+    def _resume_state(self) -> list:
+        from runner.results import Journal, read_json
+
+        ended: Dict[str, str] = {}
+        jobs: Dict[str, str] = {}
+        unconfirmed: List[dict] = []
+        for ev in Journal.read(os.path.join(self.run_dir, "journal.jsonl")):
+            kind, eid = ev.get("event"), ev.get("experiment_id")
+            if kind == "experiment-end" and eid:
+                ended[eid] = ev.get("status")
+                jobs.pop(eid, None)
+            elif kind == "slurm-submitting":
+                unconfirmed.append(ev)
+            elif kind == "slurm-submitted":
+                unconfirmed = [u for u in unconfirmed if u.get("folder") != ev.get("folder")]
+                for e, jid in (ev.get("jobs") or {}).items():
+                    jobs[e] = jid
+                    ended.pop(e, None)
+        for ev in unconfirmed:  # the submitter died between sbatch and the journal: find them by name
+            found = sorted(submitted_by_name(self.job_name, ev.get("since") or "now-1days"), key=_task_index)
+            ids = list(ev.get("experiments") or [])
+            if len(found) == len(ids):
+                jobs.update({e: jid for e, jid in zip(ids, found) if e not in ended})
+        todo = []
+        for j in self.jobs:
+            rec = read_json(self._exp_path(j.id))
+            if ended.get(j.id) in ("passed", "failed") and isinstance(rec, dict):
+                self.records[j.id] = rec
+                self.say(f"{j.id}: {ended[j.id]} before, not run again")
+            elif j.id in jobs:
+                self.open[jobs[j.id]] = j.id
+                self.say(f"{j.id}: re-attached to Slurm job {jobs[j.id]}")
+            else:
+                todo.append(j)
+        return todo
+
+    # -- before submission ---------------------------------------------------------------------------------
+    def _login_filter(self, todo: list) -> list:
+        """The login node's verdict is a first filter only: what the settings forbid is not submitted;
+        everything about caches, environment and the machine is decided on the node."""
+        if not self.opt.require_preflight:
+            return todo
+        out = []
+        for j in todo:
+            pf = self.preflights[j.id]
+            settled = [f.id for f in pf.findings if f.id in pf.blocked_by and f.group == "settings"]
+            if settled:
+                self._record_here(j, "blocked", "blocked by preflight: " + ", ".join(settled), slurm={})
+                self.say(f"{j.id}: blocked by {', '.join(settled)} (not submitted)", fixes=pf.fixes())
+            else:
+                out.append(j)
+        return out
+
+    def _record_here(self, job, status: str, message: str, slurm: dict, excerpt: Sequence[str] = (),
+                     duration: float = 0.0, exit_code: Optional[int] = None) -> dict:
+        """A record written by the submitter: for an experiment no job ran, or whose job died without one."""
+        from runner.batch import user_timestamp
+        from runner.command import side_command
+        from runner.results import experiment_record, write_json
+
+        pf = self.preflights[job.id]
+        cmd, cwd = side_command(self.ctx.registry, job.foreground)
+        rec = experiment_record(job=job, status=status, timestamp=user_timestamp(), duration=duration,
+                                exit_code=exit_code, attempts=[], metrics={}, error_message=message,
+                                error_excerpt=list(excerpt), preflight=pf.record(),
+                                launch=pf.child.record(argv=cmd, cwd=cwd), warnings=list(job.warnings),
+                                extra={"slurm": slurm})
+        os.makedirs(os.path.join(self.run_dir, job.id), exist_ok=True)
+        write_json(self._exp_path(job.id), rec)
+        self.records[job.id] = rec
+        self.journal.write("experiment-end", experiment_id=job.id, status=status, by="submitter",
+                           job_id=slurm.get("job_id"), slurm_state=slurm.get("state"))
+        return rec
+
+    def _submit(self, todo: list) -> None:
+        from runner.nodejob import NodeTask, run_experiment
+
+        base = os.path.join(self.run_dir, "slurm")
+        os.makedirs(base, mode=0o700, exist_ok=True)
+        n = 1 + sum(1 for d in os.listdir(base) if d.isdigit())
+        folder = os.path.join(base, str(n))
+        wait = kill_wait()
+        tasks = []
+        for j in todo:
+            pf = self.preflights[j.id]
+            tasks.append(NodeTask(run_dir=self.run_dir, experiment_id=j.id, env=pf.child.popen_env(),
+                                  env_set=dict(pf.child.env_set), no_energy=self.no_energy, kill_wait=wait,
+                                  login={"verdict": pf.verdict, "blocked_by": list(pf.blocked_by)}))
+        self.journal.write("slurm-submitting", folder=folder, experiments=[t.experiment_id for t in tasks],
+                           since=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 60)))
+        try:
+            ex = executor(self.slurm, folder, self.job_name)
+            submitted = ex.map_array(run_experiment, tasks)
+        except Exception as e:  # noqa: BLE001 - sbatch refused: one clear line, nothing was started
+            from core.secrets import mask_text
+
+            why = mask_text(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
+            self.journal.write("slurm-submit-failed", folder=folder, error=why)
+            raise SubmitError(f"sbatch refused the batch: {why}") from None
+        ids = {t.experiment_id: j.job_id for t, j in zip(tasks, submitted)}
+        self.journal.write("slurm-submitted", folder=folder, jobs=ids)
+        for eid, jid in ids.items():
+            self.open[jid] = eid
+        first = next(iter(ids.values()), "")
+        self.say(f"submitted {len(ids)} experiment(s) as Slurm job {first.split('_')[0]} "
+                 f"({self.job_name}; logs in {folder})")
+
+    # -- following the jobs ------------------------------------------------------------------------------------
+    def _watch(self) -> None:
+        deadline = None
+        failures_since = None
+        while self.open:
+            now = time.monotonic()
+            if self.stop.requested and not self.cancelled:
+                self.cancelled = True
+                self.say(f"stopping: cancelling {len(self.open)} Slurm job(s) (scancel)")
+                cancel(list(self.open))
+                deadline = now + kill_wait() + 30
+            elif self.stop.count >= 2 and self.cancelled and deadline and deadline - now > 5:
+                cancel(list(self.open), "KILL")
+                deadline = now + 5
+            q = queue(self.job_name)
+            if q is None:
+                failures_since = failures_since or now
+                if now - failures_since > 120:
+                    self.say("squeue has not answered for 2 minutes: giving up on following the jobs; "
+                             f"continue with: mutation-run --resume {shlex.quote(self.run_dir)}")
+                    return
+                time.sleep(POLL)
+                continue
+            failures_since = None
+            self._step(q)
+            if deadline is not None and now > deadline:
+                for jid in list(self.open):
+                    self._finish(jid, {}, forced=True)
+                return
+            if self.open:
+                time.sleep(POLL)
+        self.progress.clear()
+
+    def _step(self, q: Mapping[str, Tuple[str, str]]) -> None:
+        gone = [jid for jid in self.open if jid not in q]
+        for jid, eid in self.open.items():
+            if jid in q:
+                self.states[eid] = "pending" if q[jid][0] in QUEUED else "running"
+        if gone:
+            acct = accounting(gone)
+            for jid in gone:
+                self._finish(jid, acct.get(jid) or {})
+        counts = {k: 0 for k in ORDER}
+        for eid in self.open.values():
+            counts[self.states.get(eid, "pending")] += 1
+        for r in self.records.values():
+            counts[r.get("status", "failed")] = counts.get(r.get("status", "failed"), 0) + 1
+        self.progress.show(counts)
+
+    def _finish(self, jid: str, acct: Mapping[str, str], forced: bool = False) -> None:
+        """A job left the queue: take its record, or write one from Slurm's accounting."""
+        from runner.results import read_json
+
+        eid = self.open[jid]
+        state = acct.get("state", "")
+        rec = read_json(self._exp_path(eid))
+        mine = isinstance(rec, dict) and (rec.get("slurm") or {}).get("job_id") == jid
+        if not mine and not forced:
+            # the record may be a moment behind (a network filesystem), and sacct behind squeue
+            first = self.gone.setdefault(jid, time.monotonic())
+            if state in ("", "RUNNING", "PENDING", "COMPLETING", "COMPLETED") and time.monotonic() - first < 15:
+                return
+        del self.open[jid]
+        self.states.pop(eid, None)
+        job = self.by_id[eid]
+        node = acct.get("node") or ((rec or {}).get("slurm") or {}).get("node", "") if mine else acct.get("node", "")
+        info = {"job_id": jid, "state": state, "node": node, "exit_code": acct.get("exit_code", ""),
+                "elapsed": acct.get("elapsed", ""), "log": self._log_path(jid)}
+        if mine:
+            rec = self._amend(rec, info)
+        else:
+            rec = self._lost(job, info)
+        self.records[eid] = rec
+        if mine:
+            self.journal.write("experiment-end", experiment_id=eid, status=rec["status"], job_id=jid, node=node,
+                               slurm_state=state)
+        self._tell(eid, rec, node)
+        self.write_summary()
+
+    def _log_path(self, jid: str) -> str:
+        root, _, task = jid.partition("_")
+        for folder in sorted(os.listdir(os.path.join(self.run_dir, "slurm")), reverse=True):
+            path = os.path.join(self.run_dir, "slurm", folder, f"{jid}_0_log.out")
+            if os.path.exists(path):
+                return path
+        return ""
+
+    def _amend(self, rec: dict, info: Mapping[str, str]) -> dict:
+        """The job's own record, with what only Slurm knows: a time limit or a kill ended it."""
+        from runner.results import write_json
+
+        slurm = dict(rec.get("slurm") or {}, state=info["state"], exit_code=info["exit_code"], log=info["log"])
+        rec = dict(rec, slurm=slurm)
+        why = self._slurm_reason(info)
+        if rec.get("status") == "interrupted" and why and not self.cancelled:
+            user = rec["foreground"] if isinstance(rec.get("foreground"), dict) else rec
+            user["error_message"] = f"{why} ({user.get('error_message', '')})"
+            user["training_success"] = False
+            rec["status"] = "failed"
+        write_json(self._exp_path(rec["experiment_id"]), rec)  # the job has ended: the folder is ours again
+        return rec
+
+    def _slurm_reason(self, info: Mapping[str, str]) -> str:
+        state = info.get("state", "")
+        limit = f" (--time {self.slurm.time})" if self.slurm.time else ""
+        if state in ENDED_STATES:
+            return ENDED_STATES[state].format(limit=limit, node=info.get("node") or "?")
+        code, sig = exit_signal(info.get("exit_code", ""))
+        if state == "CANCELLED" and not self.cancelled:
+            return "cancelled outside the runner (scancel)" + (f", signal {sig}" if sig else "")
+        if sig:
+            return f"the job was killed by signal {sig}"
+        return ""
+
+    def _lost(self, job, info: Mapping[str, str]) -> dict:
+        """No record from the job: it died before writing one, or never started."""
+        from core.secrets import mask_text
+        from runner.logtail import error_excerpt, read_tail
+
+        why = self._slurm_reason(info)
+        if self.cancelled:
+            status, why = "interrupted", "cancelled by the runner (Ctrl-C): scancel"
+        else:
+            status = "failed"
+            why = why or (f"the Slurm job ended {info.get('state') or 'in an unknown state'} without writing a record"
+                          + (f" (exit code {info['exit_code']})" if info.get("exit_code") else ""))
+        env = self.preflights[job.id].child.popen_env()
+        lines = read_tail(info["log"]) if info.get("log") else []
+        excerpt = [mask_text(x, env) for x in error_excerpt(lines)] if lines else []
+        code, _sig = exit_signal(info.get("exit_code", ""))
+        return self._record_here(job, status, f"{why} on node {info.get('node') or '?'} (Slurm job {info['job_id']})",
+                                 slurm=dict(info), excerpt=excerpt, exit_code=code if code else None)
+
+    def _tell(self, eid: str, rec: Mapping[str, object], node: str) -> None:
+        user = rec["foreground"] if isinstance(rec.get("foreground"), dict) else rec
+        mark = {"passed": "✓", "failed": "✗", "interrupted": "■", "blocked": "⊘"}.get(rec.get("status"), "?")
+        detail = "" if rec.get("status") == "passed" else f": {user.get('error_message', '')}"
+        self.say(f"{mark} {eid} {rec.get('status')} on {node or '?'} in {user.get('duration_seconds') or 0:.1f} s{detail}")
+
+
+class SubmitError(Exception):
+    """sbatch refused the batch (one line for the terminal)."""
+
+
+def _task_index(jid: str) -> int:
+    _, _, task = jid.partition("_")
+    return int(task) if task.isdigit() else 0
+
+
+# -- mutation-run's side: options, checks before submission, the dry run -----------------------------------
+def add_slurm_args(p) -> None:
+    """`mutation-run` options of the slurm backend (ignored by the others)."""
+    g = p.add_argument_group("Slurm (--backend slurm)")
+    g.add_argument("--partition", metavar="NAME", help="Slurm partition (default: the cluster's default)")
+    g.add_argument("--gpus-per-node", type=int, metavar="N", help="GPUs per experiment's job")
+    g.add_argument("--cpus-per-task", type=int, metavar="N", help="CPUs per experiment's job")
+    g.add_argument("--mem", metavar="SIZE", help="memory per experiment's job, Slurm's format (16G)")
+    g.add_argument("--time", metavar="LIMIT", help="time limit per experiment's job, Slurm's format (MINUTES, H:M:S, D-H)")
+    g.add_argument("--array-parallelism", type=int, metavar="N", help="at most N experiments' jobs at once")
+    g.add_argument("--sbatch", action="append", default=None, metavar="OPTION",
+                   help="an extra #SBATCH option, e.g. --sbatch=--qos=high (repeatable)")
+    g.add_argument("--setup", action="append", default=None, metavar="LINE",
+                   help="a shell line run in each job before the experiment, e.g. --setup 'module load cuda/12.1' (repeatable)")
+
+
+def slurm_options(args, manifest: Optional[Mapping[str, object]]) -> SlurmOptions:
+    """From the command line, else what run.json saved (a --resume); UsageError for what Slurm would refuse."""
+    from doctor.cli import UsageError
+    from runner.backends.slurm import sbatch_option, time_minutes
+
+    saved = SlurmOptions.from_dict((manifest or {}).get("slurm") or {})
+    given = {k: getattr(args, k, None) for k in ("partition", "gpus_per_node", "cpus_per_task", "mem", "time",
+                                                  "array_parallelism", "sbatch", "setup")}
+    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None}
+    opts = SlurmOptions(**{**saved.to_dict(), **given}) if given else saved
+    opts = SlurmOptions.from_dict(opts.to_dict())
+    try:
+        if opts.time:
+            time_minutes(opts.time)
+        for line in opts.sbatch:
+            sbatch_option(line)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    for name in ("gpus_per_node", "cpus_per_task", "array_parallelism"):
+        v = getattr(opts, name)
+        if v is not None and v < (0 if name == "gpus_per_node" else 1):
+            raise UsageError(f"--{name.replace('_', '-')} must be {'0' if name == 'gpus_per_node' else '1'} or more")
+    return opts
+
+
+def check_submission(ctx, opts: SlurmOptions, preflights, results_dir: str) -> None:
+    """Before a run folder exists: jobs run as the submitting user (no sudo prefix), and the
+    cluster answers with the partition; UsageError naming the fix otherwise."""
+    from checks.cluster import cluster_findings
+    from doctor.cli import UsageError
+
+    if any(pf.child.prefix for pf in preflights.values()):
+        raise UsageError("--backend slurm runs each job as the submitting user: --launch sudo does not apply "
+                         "(give the job's environment with --setup, or run mutation-run as that user)")
+    for f in cluster_findings(ctx, partition=opts.partition, results_dir=results_dir, required=True):
+        if f.status == "fail":
+            raise UsageError(f"--backend slurm: {f.title}" + (f"; fix: {f.fix[0]}" if f.fix else ""))
+
+
+def dry_run_extra(opts: SlurmOptions, run_dir_hint: str, count: int) -> dict:
+    """What `--dry-run --backend slurm` adds: the sbatch script that would be submitted."""
+    from runner.backends.slurm import script
+
+    folder = os.path.join(run_dir_hint, "slurm", "1")
+    return {"slurm": opts.to_dict(), "sbatch_script": script(opts, folder, count, "mutation-run.run_<timestamp>")}
