@@ -69,12 +69,13 @@ def test_interpreter_and_data_with_their_script_lines(tmp_path):
 
 def test_declared_requires_override_the_discovered_kind(tmp_path):
     reid_project(tmp_path)
-    config = registry(tmp_path, requires={"hrnet18": [{"timm": "hrnet_w32"}],
+    config = registry(tmp_path, requires={"hrnet18": [{"hf": "org/hr", "files": ["w.bin"]}],
                                           "*": [{"python": "/usr/bin/python3"}]})
     rn = by_model(tmp_path, config=config)
     hr = rn.models["hrnet18"]
-    assert [(f.label, f.provenance) for f in hr if f.kind in ("timm", "python")] == [
-        ("python /usr/bin/python3", "declared"), ("timm hrnet_w32", "declared")]
+    # declared weights (of any weights kind) replace the discovered timm load
+    assert [(f.label, f.provenance) for f in hr if f.kind in ("timm", "hf", "python")] == [
+        ("python /usr/bin/python3", "declared"), ("hf org/hr", "declared")]
     dense = rn.models["densenet121"]
     assert ("torchvision densenet121 (pretrained)", "discovered model.py:13", True) in weights(dense)
     assert [f.provenance for f in dense if f.kind == "python"] == ["declared"]

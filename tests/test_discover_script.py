@@ -212,3 +212,13 @@ def test_commented_and_echoed_commands_are_not_the_entry():
     f = facts(text)
     assert f.entry == "real.py"
     assert os.path.basename(f.interpreter.path) == "python"
+
+
+def test_assignments_under_a_test_are_not_taken():
+    text = """\
+        PY=/opt/a/bin/python
+        if [ -n "$X" ]; then PY=/opt/b/bin/python; fi
+        [ -f /x ] && PY=/opt/c/bin/python
+        $PY t.py
+    """
+    assert facts(text).interpreter.path == "/opt/a/bin/python"
