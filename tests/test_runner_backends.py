@@ -18,6 +18,7 @@ class Recording(LocalBackend):
     """The local backend, noting each call the attempt loop makes."""
 
     def __init__(self):
+        super().__init__()
         self.calls = []
 
     def start(self, spec, stream=None):
@@ -50,6 +51,9 @@ def loop(tmp_path, backend, argv, **opts):
                            say=lambda *a, **k: None, experiment_id="e1").run()
     finally:
         journal.close()
+        watchdog = backend.watchdog
+        backend.close()
+        assert watchdog is None or watchdog.returncode == 0  # told goodbye, it ended at once
 
 
 def test_every_registered_backend_loads_and_is_a_backend():
@@ -96,3 +100,11 @@ def test_a_job_that_cannot_start_is_one_attempt_with_the_reason_in_its_log(tmp_p
     assert b.calls == ["start"] and done.status == "failed"
     assert done.records[0]["exit_code"] == 127 and "cannot start" in done.failure
     assert "cannot start" in (tmp_path / "training.log").read_text()
+
+
+def test_the_watchdog_stops_only_what_is_still_listed_and_nothing_after_a_goodbye():
+    from runner.backends.watchdog import serve
+
+    lines = ["job 100 5 2 run_t/a\n", "job 200 6 1 run_t/b\n", "done 100\n", "job x y z w\n"]
+    assert serve(iter(lines)) == {200: (6, 1.0, "run_t/b")}
+    assert serve(iter(lines + ["bye\n"])) == {}

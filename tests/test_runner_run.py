@@ -298,10 +298,41 @@ def test_ctrl_c_stops_the_experiment_writes_the_summary_and_exits_130(tmp_path, 
     assert [x["status"] for x in summary(root)] == ["passed", "passed"]
 
 
+def watchdog_of(runner_pid):
+    import psutil
+
+    kids = psutil.Process(runner_pid).children()
+    return next(k for k in kids if "runner.backends.watchdog" in " ".join(k.cmdline()))
+
+
+def test_kill_9_of_the_runner_takes_its_training_and_the_trainings_children_with_it(tmp_path, env):
+    script = """#!/bin/bash
+sleep 300 & echo $! > ../grandchild.pid
+setsid sleep 301 > /dev/null 2>&1 < /dev/null & echo $! > ../escaped.pid
+echo $$ > ../leader.pid
+trap "" TERM
+while true; do sleep 0.1; done
+"""
+    root = make_project(tmp_path, {"r": {"script": script}}, [entry()])
+    proc = subprocess.Popen(runner_argv(root), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pidfile = root / "repos" / "leader.pid"
+    assert wait_for(pidfile.exists), "experiment never started"
+    pids = [int((root / "repos" / f).read_text()) for f in ("leader.pid", "grandchild.pid", "escaped.pid")]
+    assert all(alive(p) for p in pids)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    # the leader ignores SIGTERM: only the watchdog's SIGKILL after the grace ends it
+    assert wait_for(lambda: not any(alive(p) for p in pids)), [p for p in pids if alive(p)]
+
+
 def test_kill_9_mid_batch_then_resume_reruns_only_what_did_not_finish(tmp_path, env):
     script = '''#!/bin/bash
 echo "$$ $*" >> ../runs.txt
-if [ "$4" = "2" ] && [ ! -e ../release ]; then echo $$ > ../blocked.pid; exec sleep 120; fi
+if [ "$4" = "2" ] && [ ! -e ../release ]; then
+  echo $$ > ../leader.pid
+  sleep 120 & echo $! > ../blocked.pid
+  wait
+fi
 echo "ACC 0.$4"
 '''
     exps = [entry(hyperparameters={"epochs": n}) for n in (1, 2, 3)]
@@ -309,10 +340,15 @@ echo "ACC 0.$4"
     proc = subprocess.Popen(runner_argv(root), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     blocked = root / "repos" / "blocked.pid"
     assert wait_for(blocked.exists), "second experiment never started"
+    # the runner and its watchdog die together: the training's leader still gets SIGTERM from
+    # the kernel (it asked for it before exec), the leader's child is left for the resume to find
+    watchdog = watchdog_of(proc.pid)
     proc.send_signal(signal.SIGKILL)
+    watchdog.kill()
     proc.wait(timeout=10)
-    orphan = int(blocked.read_text())
-    assert alive(orphan)  # the training outlives a killed runner...
+    leader, orphan = int((root / "repos" / "leader.pid").read_text()), int(blocked.read_text())
+    assert wait_for(lambda: not alive(leader))
+    assert alive(orphan)  # the training's child outlives a runner killed with its watchdog...
     (root / "repos" / "release").touch()
     rd = run_dir(root)
     p = subprocess.run([PY, "-m", "runner.cli", "--resume", str(rd), "--retry-delay", "0"], cwd=ROOT, env=env,

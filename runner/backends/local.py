@@ -6,6 +6,12 @@ every descendant that does not escape on purpose; stopping a job signals the who
 After a job ends, `cleanup()` finds what is still alive (same process group, recorded
 descendants, or the run token in the environment, which survives `setsid` and double forks) and
 kills it.
+
+Jobs die with the runner, even after a `kill -9`: the child asks the kernel for SIGTERM when its
+parent dies (PR_SET_PDEATHSIG, set between fork and exec; dropped by the kernel when the child
+executes a set-user-id program such as sudo), and a watchdog process (runner/backends/watchdog.py)
+that holds the other end of a pipe from the runner stops every job's process group and every
+process carrying its run token when that pipe closes without a goodbye.
 """
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ import os
 import select
 import signal
 import subprocess
+import sys
+import threading
 import time
 from typing import IO, Iterable, List, Optional, Sequence, Set
 
@@ -30,11 +38,62 @@ def signal_name(num: int) -> str:
         return f"SIG{num}"
 
 
+PR_SET_PDEATHSIG = 1
+_LIBC = None
+
+
+def _prctl():
+    """libc's prctl, loaded in the runner (never first in a forked child), or None."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            _LIBC = False
+    return _LIBC or None
+
+
 class LocalBackend(Backend):
-    """Jobs as local process groups."""
+    """Jobs as local process groups, tied to the runner's life (see the module's docstring)."""
 
     name = "local"
     same_machine = True
+
+    def __init__(self, watchdog: bool = True):
+        self.use_watchdog = watchdog
+        self.watchdog: Optional[subprocess.Popen] = None
+
+    def _watch(self, line: str) -> None:
+        """Tell the watchdog (started on first use) about a job; a dead watchdog is not fatal."""
+        if not self.use_watchdog:
+            return
+        if self.watchdog is None:
+            root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+            try:
+                self.watchdog = subprocess.Popen([sys.executable, "-m", "runner.backends.watchdog"], stdin=subprocess.PIPE,
+                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root, env=env,
+                                                 start_new_session=True, close_fds=True, text=True)
+            except OSError:
+                self.use_watchdog = False
+                return
+        try:
+            self.watchdog.stdin.write(line + "\n")
+            self.watchdog.stdin.flush()
+        except (OSError, ValueError):
+            self.use_watchdog = False
+
+    def close(self) -> None:
+        if self.watchdog is not None:
+            self._watch("bye")
+            try:
+                self.watchdog.stdin.close()
+                self.watchdog.wait(timeout=5)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass
+            self.watchdog = None
 
     def start(self, spec: JobSpec, stream: Optional[IO[bytes]] = None) -> "LocalHandle":
         log = open(spec.log_path, "ab" if spec.append else "wb")
@@ -49,11 +108,25 @@ class LocalBackend(Backend):
         if spec.append:
             log.close()  # the child has its own copy of the descriptor
             log = None
-        return LocalHandle(spec, proc, log, stream)
+        handle = LocalHandle(spec, proc, log, stream, self)
+        token = spec.token.replace("\n", " ")
+        self._watch(f"job {handle.pgid} {handle.born} {spec.grace:g} {token}")
+        return handle
 
     def _child_setup(self):
-        """Run in the child between fork and exec (None: nothing to do)."""
-        return None
+        """Between fork and exec: SIGTERM to the child when the runner dies. The kernel ties this
+        to the thread that forked, so it is only asked for from the main thread (which lives as
+        long as the runner); the watchdog covers the rest."""
+        prctl = _prctl()
+        if prctl is None or threading.current_thread() is not threading.main_thread():
+            return None
+        parent = os.getpid()
+
+        def die_with_parent():
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            if os.getppid() != parent:  # the runner died before the request was made
+                os._exit(1)
+        return die_with_parent
 
     def sweep(self, tokens: Sequence[str], grace: float = 2.0) -> List[dict]:
         return kill_stragglers(set(), set(), tokens, grace=grace)
@@ -62,8 +135,9 @@ class LocalBackend(Backend):
 class LocalHandle(Handle):
     """A started local process group; reads its output while waiting."""
 
-    def __init__(self, spec: JobSpec, proc: subprocess.Popen, log: Optional[IO[bytes]], stream: Optional[IO[bytes]]):
-        self.spec, self.proc, self.log, self.stream = spec, proc, log, stream
+    def __init__(self, spec: JobSpec, proc: subprocess.Popen, log: Optional[IO[bytes]], stream: Optional[IO[bytes]],
+                 backend: Optional[LocalBackend] = None):
+        self.spec, self.proc, self.log, self.stream, self.backend = spec, proc, log, stream, backend
         self.pgid = proc.pid
         self.exit_fd = _pidfd(proc.pid)  # readable when the child exits: no polling for its end
         self.born = (_proc_stat(proc.pid) or ("", 0, 0))[2]  # nothing of this job is older
@@ -158,12 +232,20 @@ class LocalHandle(Handle):
 
     def kill(self) -> None:
         _killpg(self.pgid, signal.SIGKILL)
+        if self.result is not None:
+            self._unwatch()  # the leader had ended: its whole group is gone now
 
     def cleanup(self) -> List[dict]:
         # anything of this job still alive once the leader ended (in its group, a recorded
         # descendant, or carrying its token after escaping with setsid) is stopped and reported
-        return kill_stragglers({self.pgid}, self.descendants, [self.spec.token] if self.spec.token else (),
+        left = kill_stragglers({self.pgid}, self.descendants, [self.spec.token] if self.spec.token else (),
                                grace=self.spec.grace, born_after=self.born)
+        self._unwatch()
+        return left
+
+    def _unwatch(self) -> None:
+        if self.backend is not None:
+            self.backend._watch(f"done {self.pgid}")
 
     def record(self) -> dict:
         return {"backend": "local", "pid": self.proc.pid}
