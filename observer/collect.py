@@ -155,39 +155,40 @@ def _excluded(path: str, prefixes: Iterable[str]) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes if p)
 
 
+def _ancestors(path: str) -> List[str]:
+    out = []
+    while True:
+        parent = os.path.dirname(path)
+        if parent == path:
+            return out
+        out.append(parent)
+        path = parent
+
+
 def collapse(folders: Iterable[str], protected: Iterable[str] = ()) -> List[str]:
-    """Top folders: a folder whose read files lie in two or more sub-folders stands for them, and a
-    folder stands for everything under it; never above a protected folder (cwd, home, /)."""
-    keep = set(folders)
+    """Top folders: a folder under which files were read in two or more sub-folders stands for
+    everything under it; never a protected folder (cwd, home) or one above it."""
     guard = {"/"}
     for p in protected:
         p = p.rstrip("/") or "/"
-        while True:
-            guard.add(p)
-            parent = os.path.dirname(p)
-            if parent == p:
+        guard.update([p] + _ancestors(p))
+    dirs = set(folders)
+    branches: Dict[str, set] = {}
+    for d in dirs:
+        cur = d
+        for parent in _ancestors(d):
+            branches.setdefault(parent, set()).add(cur)
+            cur = parent
+    out = set()
+    for d in dirs:
+        best = d
+        for parent in _ancestors(d):
+            if parent in guard:
                 break
-            p = parent
-    changed = True
-    while changed:
-        changed = False
-        by_parent: Dict[str, set] = {}
-        for d in keep:
-            by_parent.setdefault(os.path.dirname(d), set()).add(d)
-        for parent, kids in by_parent.items():
-            if len(kids) >= 2 and parent not in guard and parent != os.path.dirname(parent):
-                keep -= kids
-                keep.add(parent)
-                changed = True
-        for d in list(keep):
-            up = os.path.dirname(d)
-            while up != os.path.dirname(up):
-                if up in keep and up not in guard:
-                    keep.discard(d)
-                    changed = True
-                    break
-                up = os.path.dirname(up)
-    return sorted(keep)
+            if len(branches.get(parent, ())) >= 2:
+                best = parent
+        out.add(best)
+    return sorted(x for x in out if not any(a in out and a not in guard for a in _ancestors(x)))
 
 
 def _interpreters(lines: List[dict]) -> List[dict]:

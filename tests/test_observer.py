@@ -1,0 +1,143 @@
+"""The in-process observer: real interpreters, real timm/torchvision loads of generated weights from the
+loopback Hub's cache and a torch hub folder, real DataLoader workers; each program is also run without
+the observer and must behave exactly the same."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from observer import OBSERVE_DIR_VAR, SITE_DIR, collect
+
+PYENV = Path("/root/.pyenv/versions")
+
+
+def _run(argv, env, cwd, observe_dir=None, timeout=180):
+    env = dict(env)
+    if observe_dir is not None:
+        os.makedirs(observe_dir, exist_ok=True)
+        env["PYTHONPATH"] = os.pathsep.join([SITE_DIR] + [p for p in [env.get("PYTHONPATH")] if p])
+        env[OBSERVE_DIR_VAR] = str(observe_dir)
+    return subprocess.run([str(a) for a in argv], env=env, cwd=str(cwd), capture_output=True, text=True, timeout=timeout)
+
+
+def _same(a, b):
+    assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr)
+
+
+def _sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_site_file_parses_on_old_interpreters():
+    import ast
+
+    ast.parse(Path(SITE_DIR, "sitecustomize.py").read_text(), feature_version=(3, 6))
+
+
+def test_collapse_to_top_folders():
+    tree = ["/p/repo/data/M/pytorch/train/0001", "/p/repo/data/M/pytorch/train/0002", "/p/repo/data/M/pytorch/val/0001",
+            "/p/repo/models/V", "/p/repo"]
+    assert collect.collapse(tree, ["/p/repo"]) == ["/p/repo", "/p/repo/data/M/pytorch", "/p/repo/models/V"]
+
+
+_CHAIN = "import sys, sitecustomize\nprint(sitecustomize.MARK, [p for p in sys.path if p.endswith(('user', 'site'))])\n"
+
+
+def test_the_interpreters_own_sitecustomize_still_runs(tmp_path, clean_env):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "sitecustomize.py").write_text("MARK = 'user site ran'\n")
+    env = dict(clean_env, PYTHONPATH=str(user))
+    plain = _run([sys.executable, "-c", _CHAIN], env, tmp_path)
+    seen = _run([sys.executable, "-c", _CHAIN], env, tmp_path, tmp_path / "obs")
+    assert "user site ran" in plain.stdout
+    _same(plain, seen)
+    assert collect.collect(str(tmp_path / "obs"))["interpreters"][0]["observable"] is True
+    # a failing one is reported by site.py exactly as without the observer, and the program runs
+    (user / "sitecustomize.py").write_text("raise RuntimeError('broken site')\n")
+    code = "print('ran')"
+    _same(_run([sys.executable, "-c", code], env, tmp_path), _run([sys.executable, "-c", code], env, tmp_path, tmp_path / "o2"))
+
+
+def _old_python():
+    for v in sorted(PYENV.glob("3.7*")) + sorted(PYENV.glob("3.6*")):
+        exe = v / "bin" / "python"
+        if exe.exists():
+            return exe
+    return None
+
+
+def test_a_python_too_old_for_audit_hooks_runs_as_before_and_is_recorded_not_observable(tmp_path, clean_env):
+    exe = _old_python()
+    if exe is None:
+        pytest.skip("no Python 3.7/3.6 interpreter under /root/.pyenv/versions")
+    code = "import sys; print(open(sys.argv[1]).read().strip(), sys.version_info[:2])"
+    data = tmp_path / "data.txt"
+    data.write_text("payload")
+    plain = _run([exe, "-c", code, data], clean_env, tmp_path)
+    seen = _run([exe, "-c", code, data], clean_env, tmp_path, tmp_path / "obs")
+    assert plain.returncode == 0 and "payload" in plain.stdout
+    _same(plain, seen)
+    needs = collect.collect(str(tmp_path / "obs"))
+    assert needs["observed"] is False
+    (interp,) = needs["interpreters"]
+    assert interp["observable"] is False and "audit hooks" in interp["reason"] and interp["version"].startswith("3.")
+    assert needs["folders"] == []
+
+
+_TRAIN = r'''
+import json, os, torch
+from torch.utils.data import DataLoader, Dataset
+
+class Images(Dataset):
+    def __init__(self, root):
+        self.files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+    def __len__(self):
+        return len(self.files)
+    def __getitem__(self, i):
+        with open(self.files[i], "rb") as f:
+            return torch.tensor(len(f.read()))
+
+total = sum(int(b.sum()) for b in DataLoader(Images("data/Market/pytorch"), batch_size=4, num_workers=2))
+cfg = json.load(open("models/local/config.json"))
+sd = torch.load("models/local/pytorch_model.bin", weights_only=True)
+print("total", total, "workers", torch.utils.data.get_worker_info(), "cfg", cfg["hidden_size"], "local", sorted(sd))
+'''
+
+
+def make_repo(repo: Path) -> Path:
+    """A repo folder with a dataset tree (train/val, two classes) and a local model folder."""
+    for split in ("train", "val"):
+        for cls in ("0001", "0002"):
+            d = repo / "data" / "Market" / "pytorch" / split / cls
+            d.mkdir(parents=True)
+            for i in range(3):
+                (d / f"{i}.jpg").write_bytes(b"x" * (i + 1))
+    local = repo / "models" / "local"
+    local.mkdir(parents=True)
+    (local / "config.json").write_text('{"hidden_size": 4}')
+    subprocess.run([sys.executable, "-c", "import torch,sys; torch.save({'w': torch.ones(2)}, sys.argv[1])",
+                    str(local / "pytorch_model.bin")], check=True)
+    return local / "pytorch_model.bin"
+
+
+def test_dataloader_workers_local_folder_and_dataset(tmp_path, clean_env):
+    repo = tmp_path / "repo"
+    weights = make_repo(repo)
+    (repo / "train.py").write_text(_TRAIN)
+    plain = _run([sys.executable, "train.py"], clean_env, repo)
+    assert plain.returncode == 0 and "total 24" in plain.stdout, plain.stderr[-2000:]
+    seen = _run([sys.executable, "train.py"], clean_env, repo, tmp_path / "obs")
+    _same(plain, seen)
+
+    needs = collect.collect(str(tmp_path / "obs"))
+    # the images are read only by the forked workers: their lines land in the parent's file
+    assert [f["relative"] for f in needs["folders"]] == ["data/Market/pytorch", "models/local"]
+    assert [(f["relative"], f["sha256"]) for f in needs["files"]] == [("models/local/pytorch_model.bin", _sha(weights))]
+    (interp,) = needs["interpreters"]
+    assert interp["observable"] and interp["torch"]["version"].startswith("2.") and interp["torch"]["arch_list"]
+    assert needs["hub_files"] == [] and needs["checkpoints"] == [] and needs["hosts"] == []
