@@ -687,7 +687,8 @@ def test_user_layout(real):
 
 def test_json_schema_and_secrets(real):
     data = to_json(real.report)
-    assert set(data) == {"format_version", "experiments", "causes"} and data["format_version"] == 1
+    assert set(data) == {"format_version", "experiments", "causes", "precision"} and data["format_version"] == 1
+    assert sum(data["precision"].values()) == len(data["experiments"]) and data["precision"]["from_logs"] > 0
     for x in data["experiments"]:
         assert set(x) == {"experiment_id", "path", "status", "cause", "evidence", "chain", "fix"}
         assert os.path.isabs(x["path"]) and os.path.isdir(x["path"])

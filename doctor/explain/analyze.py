@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from core.failures import catalogue as cat
 from core.secrets import mask_text
@@ -25,9 +25,13 @@ from doctor.explain.siblings import RunContext
 from doctor.explain.failed import FailureCauses
 from doctor.explain.record import RecordInference
 from doctor.explain.success import SuccessCheck
+from doctor.explain.metrics import MetricsCheck
+from doctor.explain.timelimit import TimeLimit
 
 # --------------------------------------------------------------------------- one experiment
 
+# Evidence files that are records, not logs.
+RECORD_FILES = ("experiment.json", "../summary.csv")
 # Causes that mean the Hub weights were not in the cache the run used (the fallback missed).
 HUB_CACHE_MISSED = ("hub.cache-miss", "hub.cache-miss.sudo-home", "hub.connection", "hub.tls", "hub.timeout")
 LOG_NAMES = ("training.log", "terminal_output.txt")
@@ -40,8 +44,10 @@ class Analyzer:
     """Explains experiments; one per batch (holds the registry knowledge and options)."""
 
     def __init__(self, registry: Optional[str] = None, cap: int = DEFAULT_CAP,
-                 rerun_path: Optional[str] = None):
+                 rerun_path: Optional[str] = None,
+                 reference: Optional[Mapping[Tuple[str, str], Tuple[float, ...]]] = None):
         self.knowledge = Knowledge(registry)
+        self.reference = reference or {}  # (repo, model) -> durations of its runs with metrics
         self.cap = cap
         self.rerun_path = rerun_path
         self.mutation_run = self._mutation_run()
@@ -72,7 +78,7 @@ def _unexplained(folder: str, rec: JsonRecord, run: RunContext, evidence: str, s
         (Evidence("experiment.json", None, evidence),), (step,), (f"cat {rec.path}",), run=run.folder)
 
 
-class ExperimentAnalysis(FailureCauses, RecordInference, SuccessCheck):
+class ExperimentAnalysis(FailureCauses, RecordInference, SuccessCheck, MetricsCheck, TimeLimit):
     """The state of explaining one experiment (facts accumulate as evidence is read)."""
 
     def __init__(self, an: Analyzer, folder: str, rec: JsonRecord, run: RunContext):
@@ -218,8 +224,7 @@ class ExperimentAnalysis(FailureCauses, RecordInference, SuccessCheck):
         """A parallel experiment's background job: how its log ends, if it ended with an error."""
         bg = self.d.get("background") if isinstance(self.d.get("background"), dict) else {}
         name = str(bg.get("log") or "background.log")
-        sc = scan_log(self.folder, name, want_chain=True, cap=self.an.cap) \
-            if os.path.isfile(os.path.join(self.folder, name)) else None
+        sc = scan_log(self.folder, name, want_chain=True, cap=self.an.cap)
         if sc is None or sc.chain is None:
             return
         fat = sc.chain.fatal
@@ -313,7 +318,8 @@ class ExperimentAnalysis(FailureCauses, RecordInference, SuccessCheck):
             mode="parallel" if self.parallel else "default",
             hyperparameters=dict(self.fg.get("hyperparameters") or {}), background=bg,
             duration=self.duration, timestamp=str(self.d.get("timestamp") or ""),
-            needs=self.need_uses(status, c), notes=tuple(self.notes))
+            needs=self.need_uses(status, c), notes=tuple(self.notes),
+            basis="log" if any(v.file not in RECORD_FILES and not os.path.isabs(v.file) for v in ev) else "record")
 
     def need_uses(self, status: str, cause: Optional[Cause]) -> Tuple[NeedUse, ...]:
         label = f"{self.repo}/{self.model}"

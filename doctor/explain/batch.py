@@ -7,8 +7,8 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from doctor.explain.model import BatchReport, Explanation
-from doctor.explain.readers import DEFAULT_CAP, ExplainInputError, find_experiments, read_experiment_json
-from doctor.explain.siblings import RunContext, run_members, sibling
+from doctor.explain.readers import DEFAULT_CAP, ExplainInputError, JsonRecord, find_experiments, read_experiment_json
+from doctor.explain.siblings import RunContext, model_reference, run_members, sibling
 from doctor.explain.analyze import Analyzer
 
 PARALLEL_MIN = 500  # experiments; below this a pool costs more than it saves
@@ -18,7 +18,7 @@ def _explain_runs(an: Analyzer, runs: Sequence[Tuple[str, List[str]]], single_fo
                   ) -> List[Explanation]:
     out: List[Explanation] = []
     for run_folder, members in runs:
-        recs = [(f, read_experiment_json(f)) for f in members]
+        recs = [(f, _RECORDS.get(f) or read_experiment_json(f)) for f in members]
         if single_folder and recs[0][1].data is None:
             raise ExplainInputError(f"{recs[0][1].path}: {recs[0][1].error}")
         context = recs
@@ -31,11 +31,13 @@ def _explain_runs(an: Analyzer, runs: Sequence[Tuple[str, List[str]]], single_fo
 
 
 _WORKER_ANALYZER: Optional[Analyzer] = None
+# Every experiment.json of the batch, read once before the work is spread (forked workers share it).
+_RECORDS: Dict[str, JsonRecord] = {}
 
 
-def _worker_init(registry, cap, rerun_path) -> None:
+def _worker_init(registry, cap, rerun_path, reference) -> None:
     global _WORKER_ANALYZER
-    _WORKER_ANALYZER = Analyzer(registry, cap, rerun_path)
+    _WORKER_ANALYZER = Analyzer(registry, cap, rerun_path, reference)
 
 
 def _worker(runs) -> List[Explanation]:
@@ -65,15 +67,26 @@ def explain_path(path: str, registry: Optional[str] = None, cap: int = DEFAULT_C
     for f in folders:
         by_run.setdefault(os.path.dirname(f), []).append(f)
     runs = list(by_run.items())
+    _RECORDS.clear()
+    _RECORDS.update((f, read_experiment_json(f)) for f in folders)
+    ref = model_reference(sibling(f, r) for f, r in _RECORDS.items())
     jobs = default_jobs(len(folders), len(runs)) if jobs is None else max(1, min(jobs, len(runs)))
+    try:
+        out = _explain_all(runs, single, jobs, (registry, cap, rerun_path, ref), len(folders))
+    finally:
+        _RECORDS.clear()
+    return BatchReport(os.path.abspath(path), tuple(by_run), tuple(out), time.perf_counter() - t0)
+
+
+def _explain_all(runs, single: Optional[str], jobs: int, init: tuple, n_folders: int) -> List[Explanation]:
     if jobs == 1:
-        out = _explain_runs(Analyzer(registry, cap, rerun_path), runs, single)
+        out = _explain_runs(Analyzer(*init), runs, single)
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         # Chunks of whole run folders, about 4 per worker, in order.
-        size = max(1, len(folders) // (jobs * 4))
+        size = max(1, n_folders // (jobs * 4))
         chunks, cur, n = [], [], 0
         for run in runs:
             cur.append(run)
@@ -84,7 +97,6 @@ def explain_path(path: str, registry: Optional[str] = None, cap: int = DEFAULT_C
         if cur:
             chunks.append(cur)
         ctx = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(registry, cap, rerun_path)) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=init) as pool:
             out = [e for part in pool.map(_worker, chunks) for e in part]
-    return BatchReport(os.path.abspath(path), tuple(by_run), tuple(out), time.perf_counter() - t0)
+    return out

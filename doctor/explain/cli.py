@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: returns the exit code (0 nothing failed, 1 failures, 2 unusable input)."""
-    from doctor.cli import guarded
+    from core.errors import guarded
 
     argv = list(sys.argv[1:] if argv is None else argv)
     return guarded(PROG, lambda: run(build_parser().parse_args(argv)))

@@ -40,6 +40,10 @@ class FailureCauses:
         if sig_cause is not None:
             self._last_line_fact(scans)
             return sig_cause
+        if self.layout == "user":
+            limit = self.time_limit_cause(scans, recorded_success=False)
+            if limit is not None:
+                return limit
         for s in scans:
             if s.exit_code is not None:
                 self.facts.setdefault("exit_text", f"exit code {s.exit_code}")

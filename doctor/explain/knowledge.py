@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from core.safefs import open_regular
+
 SHIPPED_REGISTRY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "settings", "models_config.json")
 
+REGISTRY_LIMIT = 16 * 1024 * 1024
 # Hub ids of timm models, as timm 1.0.31's pretrained configs give them (checked in tests against
 # timm.models.get_pretrained_cfg); used so explaining never imports timm.
 TIMM_HUB_IDS = {"hrnet_w18": "timm/hrnet_w18.ms_aug_in1k", "resnet18": "timm/resnet18.a1_in1k"}
@@ -67,21 +71,22 @@ def _need(d: Mapping[str, Any]) -> Optional[WeightsNeed]:
 
 
 @lru_cache(maxsize=8)
-def _load(path: str) -> Tuple[Dict[Tuple[str, str], Tuple[WeightsNeed, ...]], Dict[str, bool]]:
+def _load(path: str) -> Tuple[Dict[Tuple[str, str], Tuple[WeightsNeed, ...]], Dict[str, Dict[str, str]]]:
     try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+        with open_regular(path) as f:
+            data = json.loads(f.read(REGISTRY_LIMIT))
+    except (OSError, ValueError, RecursionError):
         return {}, {}
     out: Dict[Tuple[str, str], Tuple[WeightsNeed, ...]] = {}
-    patterns: Dict[str, bool] = {}
+    patterns: Dict[str, Dict[str, str]] = {}
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, dict):
         return {}, {}
     for repo, spec in models.items():
         if isinstance(spec, dict):
             pm = spec.get("performance_metrics")
-            patterns[repo] = bool(isinstance(pm, dict) and pm.get("log_patterns"))
+            lp = pm.get("log_patterns") if isinstance(pm, dict) else None
+            patterns[repo] = {str(k): v for k, v in lp.items() if isinstance(v, str)} if isinstance(lp, dict) else {}
         req = spec.get("requires") if isinstance(spec, dict) else None
         if not isinstance(req, dict):
             continue
@@ -105,7 +110,21 @@ class Knowledge:
 
     def expects_metrics(self, repo: str) -> bool:
         """False only when the registry knows the repo and declares no log_patterns for it."""
-        return self._patterns.get(repo, True)
+        return repo not in self._patterns or bool(self._patterns[repo])
+
+    def log_patterns(self, repo: str) -> Dict[str, str]:
+        """The registry's performance_metrics.log_patterns of a repo (metric name -> regex)."""
+        return dict(self._patterns.get(repo, {}))
+
+    def invalid_patterns(self, repo: str) -> Dict[str, str]:
+        """Metric name -> what is wrong with its regex, for the patterns that do not compile."""
+        bad: Dict[str, str] = {}
+        for name, rx in self._patterns.get(repo, {}).items():
+            try:
+                re.compile(rx)
+            except (re.error, RecursionError, OverflowError) as e:
+                bad[name] = f"{rx!r} is not a valid regular expression ({e})"
+        return bad
 
     def models_of(self, repo: str) -> Tuple[str, ...]:
         return tuple(sorted(m for (r, m) in self._table if r == repo and m != "*"))

@@ -9,6 +9,7 @@ from typing import List, Optional, Tuple
 
 from core.failures import catalogue as cat
 from core.failures.traceback import Chain, find_fatal
+from core.safefs import read_regular
 from doctor.explain.model import Evidence
 from doctor.explain.readers import FIRST_BLOCK, Tail, clean_line
 
@@ -57,12 +58,34 @@ class LogScan:
                         text if text is not None else self.tail.line(index))
 
 
+def inside(folder: str, name: str) -> Optional[str]:
+    """The path of `name` (as a record names it) when it resolves inside the experiment folder,
+    else None: a record saying `"log": "/etc/shadow"` or a link that leaves the folder is not read,
+    whatever the record says."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        return None
+    base = os.path.realpath(folder)
+    real = os.path.realpath(os.path.join(folder, name))
+    return real if real.startswith(base + os.sep) else None
+
+
+def read_head(folder: str, name: str, n: int) -> bytes:
+    """The first `n` bytes of a regular file inside the experiment folder (b"" otherwise)."""
+    path = inside(folder, name)
+    try:
+        return read_regular(path, n, follow=False) if path else b""
+    except OSError:
+        return b""
+
+
 def scan_log(folder: str, name: str, want_chain: bool, cap: int, first: int = FIRST_BLOCK) -> Optional[LogScan]:
-    path = name if os.path.isabs(name) else os.path.join(folder, name)
-    tail = Tail.open(path, first=first, cap=cap)
+    path = inside(folder, name)
+    tail = Tail.open(path, first=first, cap=cap) if path else None
     if tail is None:
         return None
-    rel = path[len(folder) + 1:] if path.startswith(folder + os.sep) else path
+    base = os.path.realpath(folder)
+    rel = path[len(base) + 1:]
+    path = os.path.join(folder, rel)
     scan = LogScan(rel, path, tail)
     if want_chain:
         while True:

@@ -78,6 +78,7 @@ class Explanation:
     timestamp: str = ""
     needs: Tuple[NeedUse, ...] = ()
     notes: Tuple[str, ...] = ()
+    basis: str = "record"  # "log" when the verdict rests on a log, "record" on experiment.json alone
 
     @property
     def cause_id(self) -> Optional[str]:
@@ -108,6 +109,12 @@ class BatchReport:
             if e.cause is not None:
                 out[e.cause.id] = out.get(e.cause.id, 0) + 1
         return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    @property
+    def precision(self) -> Mapping[str, int]:
+        """How many verdicts rest on logs and how many on the record alone (lower confidence)."""
+        logs = sum(1 for e in self.explanations if e.basis == "log")
+        return {"from_logs": logs, "from_record": len(self.explanations) - logs}
 
     @property
     def to_rerun(self) -> Tuple[Explanation, ...]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from doctor.cli import UsageError
+from core.safefs import open_regular, read_regular
+from core.errors import UsageError
 
 EXPERIMENT_FILE = "experiment.json"
 FIRST_BLOCK = 64 * 1024
@@ -142,8 +142,7 @@ class JsonRecord:
 def read_experiment_json(folder: str) -> JsonRecord:
     path = os.path.join(folder, EXPERIMENT_FILE)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(16 * 1024 * 1024 + 1)
+        raw = read_regular(path, 16 * 1024 * 1024 + 1, follow=False)
     except OSError as e:
         return JsonRecord(path, None, "", f"cannot read: {e.strerror or e}")
     if len(raw) > 16 * 1024 * 1024:
@@ -161,10 +160,8 @@ def read_experiment_json(folder: str) -> JsonRecord:
 def read_small_text(path: str, limit: int = 4 * 1024 * 1024) -> Optional[str]:
     """A small file (summary.csv) as text, or None when absent/unreadable/too large."""
     try:
-        if os.path.getsize(path) > limit:
-            return None
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", errors="replace")
+        raw = read_regular(path, limit + 1, follow=False)
+        return None if len(raw) > limit else raw.decode("utf-8", errors="replace")
     except OSError:
         return None
 
@@ -177,7 +174,7 @@ def _newlines_before(path: str, offset: int, mtime_ns: int) -> Optional[int]:
         return None
     n = 0
     try:
-        with open(path, "rb", buffering=0) as f:
+        with open_regular(path, follow=False) as f:
             left = offset
             while left > 0:
                 b = f.read(min(_COUNT_BLOCK, left))
@@ -215,21 +212,18 @@ class Tail:
     def open(cls, path: str, first: int = FIRST_BLOCK, cap: int = DEFAULT_CAP) -> Optional["Tail"]:
         """The last `first` bytes of `path` (whole lines), or None if it cannot be read."""
         try:
-            fd = os.open(path, os.O_RDONLY)
+            f = open_regular(path, follow=False)
         except OSError:
             return None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
+        with f:
+            try:
+                st = os.fstat(f.fileno())
+                t = cls(path=path, cap=max(cap, first), size=st.st_size, start=st.st_size,
+                        mtime_ns=st.st_mtime_ns, _block=first)
+                start = max(0, st.st_size - first)
+                chunk = os.pread(f.fileno(), st.st_size - start, start) if st.st_size else b""
+            except OSError:
                 return None
-            t = cls(path=path, cap=max(cap, first), size=st.st_size, start=st.st_size,
-                    mtime_ns=st.st_mtime_ns, _block=first)
-            start = max(0, st.st_size - first)
-            chunk = os.pread(fd, st.st_size - start, start) if st.st_size else b""
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
         t._take(chunk, start)
         return t
 
@@ -242,9 +236,8 @@ class Tail:
         if new_start == self.start:
             return False
         try:
-            with open(self.path, "rb", buffering=0) as f:
-                f.seek(new_start)
-                chunk = f.read(self.start - new_start)
+            with open_regular(self.path, follow=False) as f:
+                chunk = os.pread(f.fileno(), self.start - new_start, new_start)
         except OSError:
             return False
         self._take(chunk, new_start)

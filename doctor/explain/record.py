@@ -36,7 +36,7 @@ class RecordInference:
             if cid == "cuda.oom":
                 return self._oom_inference()
             return cid, 0.5
-        return self._hub_inference() or self._unknown_record()
+        return self.record_only_time_limit() or self._hub_inference() or self._unknown_record()
 
     def _energy_evidence(self) -> None:
         e = self.energy

@@ -34,6 +34,7 @@ def to_json(report: BatchReport) -> Dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "experiments": [explanation_json(e) for e in report.explanations],
         "causes": dict(report.causes),
+        "precision": dict(report.precision),
     }
 
 
@@ -92,6 +93,13 @@ def headline(report: BatchReport) -> str:
     parts = [f"{report.count(s)} {s}" for s in (SUCCEEDED, FAILED, BLOCKED, SUSPICIOUS) if report.count(s)]
     return (f"{n} experiment{'s' if n != 1 else ''} in {len(report.runs)} run folder"
             f"{'s' if len(report.runs) != 1 else ''}: " + ", ".join(parts))
+
+
+def precision_line(report: BatchReport) -> str:
+    """How many verdicts rest on logs and how many on experiment.json alone."""
+    p = report.precision
+    return (f"{p['from_logs']} verdict(s) rest on logs, {p['from_record']} on experiment.json alone "
+            "(no log kept: confidence 0.5 or less)")
 
 
 def _span(report: BatchReport) -> str:
@@ -161,7 +169,7 @@ def render_markdown(report: BatchReport, rerun_file: Optional[str] = None) -> st
     L.append("## What ran")
     L.append("")
     span = _span(report)
-    L.append(f"{headline(report)}." + (f" Timestamps from {span}." if span else ""))
+    L.append(f"{headline(report)}." + (f" Timestamps from {span}." if span else "") + f" {precision_line(report)}.")
     L.append("")
     L.append("| run folder | experiments | succeeded | failed | blocked | suspicious |")
     L.append("|---|---:|---:|---:|---:|---:|")
@@ -343,4 +351,5 @@ def render_terminal(report: BatchReport, console=None, verbose: bool = False,
     if markdown_file:
         con.print(f"Report written to {escape(markdown_file)}")
     style = "red" if report.exit_code else ("yellow" if report.count(SUSPICIOUS) else "green")
+    con.print(f"[dim]{escape(precision_line(report))}[/dim]")
     con.print(f"[{style}]{escape(headline(report))}[/] [dim]({report.elapsed:.2f} s)[/dim]")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from doctor.explain.readers import JsonRecord, read_small_text
 from doctor.explain.facts import as_num
@@ -19,6 +19,7 @@ class Sibling:
     duration: Optional[float]
     power_min: Optional[float]
     path: str
+    metrics: bool = False
 
 
 @dataclass
@@ -65,8 +66,20 @@ def sibling(folder: str, rec: JsonRecord) -> Sibling:
         ts = fg.get("training_success")
         ok = bool(ts) if ts is not None else None
     en = fg.get("energy_metrics") if isinstance(fg.get("energy_metrics"), dict) else {}
+    pm = fg.get("performance_metrics")
+    metrics = isinstance(pm, dict) and any(v is not None for v in pm.values())
     return Sibling(str(fg.get("repository") or fg.get("repo") or ""), str(fg.get("model") or ""), par, ok,
-                   as_num(fg.get("duration_seconds")), as_num(en.get("gpu_power_min_watts")), folder)
+                   as_num(fg.get("duration_seconds")), as_num(en.get("gpu_power_min_watts")), folder, metrics)
+
+
+def model_reference(sibs: Iterable[Sibling]) -> Dict[Tuple[str, str], Tuple[float, ...]]:
+    """(repo, model) -> sorted durations of that model's successful runs that reported metrics,
+    over the whole batch: what a real run of the model takes."""
+    out: Dict[Tuple[str, str], List[float]] = {}
+    for s in sibs:
+        if s.ok and s.metrics and s.duration:
+            out.setdefault((s.repo, s.model), []).append(s.duration)
+    return {k: tuple(sorted(v)) for k, v in out.items()}
 
 
 def run_members(run_folder: str) -> List[str]:
