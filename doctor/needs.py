@@ -125,3 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def needs_by_key(doc: dict) -> Dict[str, List[dict]]:
     """Items per model key `repo/model`, for callers that look one model up."""
     return {f"{r['repo']}/{m}": items for r in doc["repos"] for m, items in r["models"].items()}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
