@@ -131,3 +131,25 @@ def test_user_repos_from_the_mirror_when_present(tmp_path):
     for name in names:
         for model, found in got[name].models.items():
             assert any(f.kind == "python" and f.provenance.startswith("discovered train.sh:") for f in found), (name, model)
+
+
+def test_needs_lock_observations_come_first(tmp_path):
+    config = reid_project(tmp_path)
+    lock = {"format_version": 1, "repos": {"reid": {"hrnet18": {
+        "hub_files": [{"repo": "timm/hrnet_w18.ms_aug_in1k", "file": "model.safetensors", "revision": "main",
+                       "commit": "c" * 40, "last_seen": {"run": "run_20260101_000000/reid_hrnet18_001"}}],
+        "folders": [{"path": "./Market/pytorch", "last_seen": {"run": "run_20260101_000000/reid_hrnet18_001"}}]}}}}
+    (config.parent / "needs.lock.json").write_text(json.dumps(lock))
+    from core.discover.plan import with_discovered
+    from core.plan import registry_plan
+
+    reg = load_registry(str(config), str(tmp_path))
+    plan, found = with_discovered(registry_plan(reg), reg, "/root", "/usr/bin:/bin")
+    hr = found["reid"].models["hrnet18"]
+    hub = [f for f in hr if f.kind == "hf"]
+    assert [(f.spec["hf"], f.spec["revision"], f.provenance, f.blocking) for f in hub] == [
+        ("timm/hrnet_w18.ms_aug_in1k", "c" * 40, "observed in run_20260101_000000/reid_hrnet18_001", True)]
+    assert any(f.kind == "timm" and f.provenance == "discovered model.py:17" for f in hr)
+    side = next(e for e in plan.experiments if e.model == "hrnet18").foreground
+    assert {n.kind for n in side.needs} >= {"hf", "timm", "python", "path"}
+    assert not any(f.kind == "hf" for f in found["reid"].models["pcb"])

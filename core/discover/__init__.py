@@ -143,8 +143,10 @@ def _dedupe(found: List[Found]) -> List[Found]:
         elif f.blocking and not old.blocking:
             out[key] = f
         elif f.blocking == old.blocking:
-            out[key] = dataclasses.replace(old, provenance=old.provenance + ", " + f.provenance.split(" ", 1)[-1],
-                                           detail=old.detail + "; " + f.detail)
+            same = old.provenance.split(" ", 1)[0] == f.provenance.split(" ", 1)[0]
+            extra = f.provenance.split(" ", 1)[-1] if same else f.provenance
+            out[key] = dataclasses.replace(old, provenance=old.provenance + (", " if same else "; ") + extra,
+                                           detail="; ".join(d for d in (old.detail, f.detail) if d))
     return list(out.values()) + rest
 
 
@@ -163,12 +165,17 @@ def _merge_declared(found: List[Found], declared: Tuple[Need, ...], model: str) 
     return tuple(out)
 
 
-def discover_repo(memo: SourceMemo, spec, home: str, path_env: str) -> RepoNeeds:
+def discover_repo(memo: SourceMemo, spec, home: str, path_env: str, lock: Optional[Mapping] = None) -> RepoNeeds:
     """Discovery for one registry repo (a core.registry.RepoSpec) as a process with HOME `home`
-    and PATH `path_env` would launch it."""
+    and PATH `path_env` would launch it. `lock`: a needs lock (core.needslock) whose observations
+    of successful runs come before what the code says (`observed in run_<ts>/<id>`)."""
     models, facts_by_model, touched, unresolved = {}, {}, set(), []
     for model in spec.models:
         facts, found, seen = _model_needs(memo, spec, model, home, path_env)
+        if lock:
+            from core.needslock import found as observed
+
+            found = list(observed(lock, spec.name, spec.path, model)) + found
         touched |= seen
         if facts is not None:
             facts_by_model[model] = facts

@@ -12,12 +12,28 @@ from typing import Dict, Optional, Tuple
 from core.discover import Found, RepoNeeds, SourceMemo, discover_repo
 
 
+def observed_lock(registry) -> Optional[dict]:
+    """The needs lock beside the registry (core.needslock), None when absent or unusable."""
+    from core import needslock
+
+    path = needslock.default_path(registry.path)
+    if not os.path.isfile(path):
+        return None
+    try:
+        return needslock.read(path)
+    except needslock.LockError:
+        return None  # the runner that writes it reports an unusable lock; discovery goes on without it
+
+
 def discover_for_plan(plan, registry, home: str, path_env: str, memo_path: Optional[str] = None
                       ) -> Dict[str, RepoNeeds]:
-    """Discovery for the repos the plan uses (every repo of the registry for a registry plan)."""
+    """Discovery for the repos the plan uses (every repo of the registry for a registry plan),
+    with the observations of the needs lock beside the registry."""
     used = {s.repo for e in plan.experiments for s in e.sides}
     memo = SourceMemo(memo_path)
-    out = {name: discover_repo(memo, spec, home, path_env) for name, spec in registry.repos.items() if name in used}
+    lock = observed_lock(registry)
+    out = {name: discover_repo(memo, spec, home, path_env, lock) for name, spec in registry.repos.items()
+           if name in used}
     memo.save()
     return out
 
