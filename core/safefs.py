@@ -275,18 +275,23 @@ class SafeTree:
             self._refuse(self._path(parts), str(r))
             return None
 
-    def open_new(self, relpath: str, mode: int = 0o644) -> Optional[BinaryIO]:
+    def open_new(self, relpath: str, mode: int = 0o644, *, quiet: bool = False,
+                 sync_dir: bool = False) -> Optional[BinaryIO]:
         """A new file (O_EXCL: nothing of that name may exist, a planted link included) open for
-        writing, or None when refused."""
+        writing, or None when refused (`quiet`: an existing name is not reported). `sync_dir`:
+        the folder is fsync'ed so the new name survives a power cut."""
         parts = _parts(relpath)
         dfd = self._parent(parts)
         if dfd is None:
             return None
         try:
             fd = os.open(parts[-1], _NEW, mode, dir_fd=dfd)
+            if sync_dir:
+                os.fsync(dfd)
         except OSError as e:
-            why = "it already exists (a file or link this run did not create)" if e.errno == errno.EEXIST else e.strerror
-            self._refuse(self._path(parts), why)
+            if not (quiet and e.errno == errno.EEXIST):
+                why = "it already exists (a file or link this run did not create)" if e.errno == errno.EEXIST else e.strerror
+                self._refuse(self._path(parts), why)
             return None
         finally:
             os.close(dfd)

@@ -8,7 +8,11 @@ Layout (compatible with mutation.py's, plus what makes it truthful and crash-saf
         summary.csv         mutation.py's columns + status
         <experiment_id>/experiment.json, training.log, training.attemptN.log, background.log
 
-Every file but the journal is written atomically (temporary file + os.replace).
+Every file but the journal is written atomically (temporary file + rename). Given a
+core.safefs.SafeTree (the runner under sudo always gives one), every write goes through it: no
+link is followed, nothing is appended to that this run did not create (a --resume starts a new
+journal segment, journal.2.jsonl, ...), and what is created is given back to the user.
+Reads refuse FIFOs and devices and are bounded.
 """
 from __future__ import annotations
 
@@ -16,12 +20,14 @@ import csv
 import io
 import json
 import os
+import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from core.memo import write_atomic
+from core.safefs import SafeTree, open_regular, read_regular
+from core.vocab import FORMAT_VERSION
 from runner.execute import now_iso
 
-from core.vocab import FORMAT_VERSION
 STATUSES = ("passed", "failed", "blocked", "interrupted")
 FIXED_COLUMNS = ("experiment_id", "timestamp", "repository", "model", "training_success", "duration_seconds", "retries")
 # mutation.py's energy columns, in its order, and the experiment.json keys they come from
@@ -40,29 +46,73 @@ ENERGY_COLUMNS = (
 )
 
 
-def write_json(path: str, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+JSON_LIMIT = 64 * 1024 * 1024  # an experiment.json or run.json larger than this is not one of ours
+JOURNAL_SEGMENTS = 1000
+
+
+def _put(path: str, data: bytes, tree: Optional[SafeTree], durable: bool = True) -> bool:
+    if tree is None:
+        write_atomic(path, data, durable=durable)
+        return True
+    return tree.replace(os.path.relpath(path, tree.root), data, durable=durable)
+
+
+def write_json(path: str, obj: Any, tree: Optional[SafeTree] = None) -> bool:
+    """Write `obj` atomically (through `tree` when given); False when the tree refused."""
+    return _put(path, (json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"), tree)
 
 
 def read_json(path: str) -> Optional[Any]:
+    """The JSON in a regular file of at most JSON_LIMIT bytes, else None (never blocks on a FIFO)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        data = read_regular(path, JSON_LIMIT + 1)
+        if len(data) > JSON_LIMIT:
+            return None
+        return json.loads(data.decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+
+
+def journal_segments(path: str) -> List[str]:
+    """`path` and the segments later runs added (journal.2.jsonl, ...), in order."""
+    folder, name = os.path.split(path)
+    stem, ext = os.path.splitext(name)
+    pat = re.compile(re.escape(stem) + r"\.([0-9]{1,4})" + re.escape(ext) + "$")
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        names = []
+    segs = sorted((int(m.group(1)), n) for n in names for m in [pat.match(n)] if m)
+    return [path] + [os.path.join(folder, n) for _, n in segs]
 
 
 class Journal:
     """Append-only event log; each line is flushed and fsync'ed before the call returns, so after
-    a `kill -9` (or a power cut) it says exactly which experiments finished."""
+    a `kill -9` (or a power cut) it says exactly which experiments finished.
 
-    def __init__(self, path: str):
-        self.path = path
-        self._f = open(path, "a", encoding="utf-8")
+    The file is always one this process creates (O_EXCL, no link followed): when `path` exists (a
+    --resume), the next free segment `journal.N.jsonl` is started instead; `Journal.read` reads
+    them all in order."""
+
+    def __init__(self, path: str, tree: Optional[SafeTree] = None):
+        self.tree = tree if tree is not None else SafeTree(os.path.dirname(os.path.abspath(path)))
+        stem, ext = os.path.splitext(os.path.relpath(os.path.abspath(path), self.tree.root))
+        self._f = None
+        for n in range(1, JOURNAL_SEGMENTS + 1):
+            rel = f"{stem}{ext}" if n == 1 else f"{stem}.{n}{ext}"
+            self._f = self.tree.open_new(rel, quiet=True, sync_dir=True)
+            if self._f is not None:
+                self.path = os.path.join(self.tree.root, rel)
+                break
+            if self.tree.refused:
+                break
+        if self._f is None:
+            raise OSError(f"cannot start a journal next to {path}: "
+                          + (self.tree.refused[-1].line() if self.tree.refused else "too many segments"))
 
     def write(self, event: str, **data: Any) -> None:
         line = json.dumps({"event": event, "at": now_iso(), **data}, ensure_ascii=False, default=str)
-        self._f.write(line + "\n")
+        self._f.write((line + "\n").encode("utf-8"))
         self._f.flush()
         os.fsync(self._f.fileno())
 
@@ -71,23 +121,30 @@ class Journal:
 
     @staticmethod
     def read(path: str) -> List[dict]:
-        """Every complete event (a line cut short by a crash is skipped)."""
+        """Every complete event of the journal and its segments (a line cut short by a crash is
+        skipped; FIFOs and devices are not read)."""
         out = []
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    line = line.strip()
-                    if not line:
-                        continue
-                    try:
-                        ev = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(ev, dict) and "event" in ev:
-                        out.append(ev)
-        except OSError:
-            pass
+        for seg in journal_segments(path):
+            try:
+                with open_regular(seg) as f:
+                    for raw in f:
+                        ev = _event(raw)
+                        if ev is not None:
+                            out.append(ev)
+            except OSError:
+                continue
         return out
+
+
+def _event(raw: bytes) -> Optional[dict]:
+    line = raw.decode("utf-8", errors="replace").strip()
+    if not line:
+        return None
+    try:
+        ev = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return ev if isinstance(ev, dict) and "event" in ev else None
 
 
 def journal_state(events: Iterable[Mapping[str, Any]]) -> Dict[str, dict]:
@@ -96,15 +153,15 @@ def journal_state(events: Iterable[Mapping[str, Any]]) -> Dict[str, dict]:
     state: Dict[str, dict] = {}
     for ev in events:
         eid = ev.get("experiment_id")
-        if not eid:
-            continue
+        if not isinstance(eid, str) or not eid:
+            continue  # a journal edited by hand or cut by a crash: what cannot be read is skipped
         s = state.setdefault(eid, {"status": None, "attempts": [], "open_attempt": None})
         kind = ev["event"]
         if kind == "experiment-start":
             s["status"] = None
         elif kind == "attempt-start":
             s["open_attempt"] = {k: ev.get(k) for k in ("attempt", "log", "started")}
-        elif kind == "attempt-end":
+        elif kind == "attempt-end" and isinstance(ev.get("record"), dict):
             s["attempts"] = [a for a in s["attempts"] if a.get("attempt") != ev["record"].get("attempt")]
             s["attempts"].append(ev["record"])
             s["open_attempt"] = None
@@ -113,7 +170,7 @@ def journal_state(events: Iterable[Mapping[str, Any]]) -> Dict[str, dict]:
                 if a.get("attempt") == ev.get("attempt"):
                     a["log"] = ev.get("log")
         elif kind == "experiment-end":
-            s["status"] = ev.get("status")
+            s["status"] = ev.get("status") if ev.get("status") in STATUSES else None
             s["open_attempt"] = None
     return state
 
@@ -172,14 +229,14 @@ def summary_columns(records: Sequence[Mapping[str, Any]]) -> List[str]:
             + [f"perf_{n}" for n in perf_names] + [c for c, _ in ENERGY_COLUMNS] + ["status"])
 
 
-def write_summary(path: str, records: Sequence[Mapping[str, Any]]) -> None:
+def write_summary(path: str, records: Sequence[Mapping[str, Any]], tree: Optional[SafeTree] = None) -> bool:
     """summary.csv with mutation.py's columns (hyperparam_*, perf_* sorted; energy_* fixed) + status."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=summary_columns(records), lineterminator="\n")
     w.writeheader()
     for row in summary_rows(records):
         w.writerow(row)
-    write_atomic(path, buf.getvalue().encode("utf-8"), durable=False)
+    return _put(path, buf.getvalue().encode("utf-8"), tree, durable=False)
 
 
 # -- experiment.json -------------------------------------------------------------------------------

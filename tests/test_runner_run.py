@@ -364,7 +364,9 @@ echo "ACC 0.$4"
     assert second["attempt"] == 2 and second["log"] == "training.log" and second["exit_code"] == 0
     assert r2["retries"] == 0 and r2.get("stragglers")
     assert [x["status"] for x in summary(root)] == ["passed", "passed", "passed"]
-    events = [json.loads(x) for x in (rd / "journal.jsonl").read_text().splitlines()]
+    from runner.results import Journal  # the resume writes its own segment (journal.2.jsonl)
+
+    events = Journal.read(str(rd / "journal.jsonl"))
     assert any(e["event"] == "experiment-end" and e.get("by") == "resume" and e["status"] == "interrupted" for e in events)
     assert sum(1 for e in events if e["event"] == "experiment-end" and e["experiment_id"] == "r_m_001") == 1
 
