@@ -337,6 +337,20 @@ RULES: Tuple[CauseRule, ...] = (
         short="permission denied",
     ),
     CauseRule(
+        "disk.full",
+        "The disk filled up",
+        (
+            "Writing failed because the file system was full: {exc} ({where}).",
+            "Checkpoints, logs and caches of earlier runs are the usual reason.",
+        ),
+        (
+            "df -h {full_dir}",
+            "du -sh {full_dir}/* | sort -h | tail",
+            "mutation-doctor -ec {rerun} --only system",
+        ),
+        short="no space left on the device",
+    ),
+    CauseRule(
         "killed",
         "The training process was killed (SIGKILL)",
         (
@@ -497,6 +511,7 @@ _NOT_FOUND_T = ("RepositoryNotFoundError", "RemoteEntryNotFoundError", "EntryNot
 _CACHE_MISS = re.compile(r"LocalEntryNotFoundError|OfflineModeIsEnabled|cannot find the requested "
                          r"files in the local cache|couldn't connect to '?https?://[^ ]*huggingface|"
                          r"outgoing traffic has been disabled|offline mode is enabled", re.I)
+_DISK_FULL = re.compile(r"No space left on device|Disk quota exceeded|\[Errno 28\]", re.I)
 _NET_TYPES = ("ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "ConnectionAbortedError",
               "TimeoutError", "timeout", "gaierror", "RemoteDisconnected", "IncompleteRead", "URLError",
               "ConnectTimeout", "ReadTimeout", "MaxRetryError", "NewConnectionError", "ChunkedEncodingError")
@@ -543,6 +558,8 @@ def classify_exception(rec: ExceptionRecord) -> Optional[Tuple[str, int]]:
         return "python.module-missing", 60
     if name == "ImportError":
         return "python.module-missing", 45
+    if _DISK_FULL.search(text):
+        return "disk.full", 70
     if name == "PermissionError" or re.search(r"Permission denied|Operation not permitted|"
                                               r"Read-only file system", msg):
         return "permission.denied", 60
@@ -580,6 +597,7 @@ _TEXT_RULES: Tuple[Tuple[str, "re.Pattern[str]"], ...] = tuple(
                          r"error: the following arguments are required|KeyError: '(?:repo|model|"
                          r"hyperparameters|foreground|background|experiments)'"),
         ("hub.cache-miss", _CACHE_MISS.pattern),
+        ("disk.full", _DISK_FULL.pattern),
         ("permission.denied", r"Permission denied|Operation not permitted|Read-only file system"),
         ("data.missing", r"No such file or directory|Dataset not found"),
     ))

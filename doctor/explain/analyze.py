@@ -71,6 +71,19 @@ class Analyzer:
                                 f"{traceback_location(exc)}); its outcome is unknown.")
 
 
+def declared_cause(finding_id: str) -> Optional[str]:
+    """The catalogue cause declared for a finding id (core.findings), or None when none is declared."""
+    try:
+        from core.findings import cause_for
+    except ImportError:  # pragma: no cover - the declarations ship with the core
+        return None
+    try:
+        cid = cause_for(finding_id)
+    except (KeyError, LookupError, ValueError):
+        return None
+    return cid if cid in cat.BY_ID else None
+
+
 def _unexplained(folder: str, rec: JsonRecord, run: RunContext, evidence: str, step: str) -> Explanation:
     """A failed experiment whose outcome is unknown: its record could not be read or explained."""
     return Explanation(
@@ -115,6 +128,7 @@ class ExperimentAnalysis(FailureCauses, RecordInference, SuccessCheck, MetricsCh
         self.notes: List[str] = []
         self.facts: Dict[str, Any] = {}
         self.scans: Dict[str, LogScan] = {}
+        self.oom_others: List[Tuple[str, str]] = []  # other processes a CUDA OOM message lists
         self.hub_need: Optional[WeightsNeed] = an.knowledge.hub_need(self.repo, self.model)
         self.weights = an.knowledge.weights(self.repo, self.model)
 
@@ -247,33 +261,10 @@ class ExperimentAnalysis(FailureCauses, RecordInference, SuccessCheck, MetricsCh
 
     # ----------------------------------------------------------------- blocked
 
-    _FINDING_MAP = (
-        ("system.gpu.stray", "cuda.oom.foreign-process"), ("system.gpu.arch", "cuda.arch"),
-        ("system.gpu", "cuda.unavailable"), ("system.cuda", "cuda.unavailable"),
-        ("system.perf", "perf.unavailable"), ("system.energy", "perf.unavailable"),
-        ("system.owner", "permission.denied"), ("cache.permission", "permission.denied"),
-        ("system.interpreter", "python.interpreter-missing"), ("env.python", "python.interpreter-missing"),
-        ("cache.python", "python.interpreter-missing"), ("system.module", "python.module-missing"),
-        ("env.module", "python.module-missing"), ("cache.path", "data.missing"), ("system.dataset", "data.missing"),
-        ("cache.torch", "torchhub.download"), ("cache.torchvision", "torchhub.download"),
-        ("cache.hub", "hub.cache-miss"), ("cache.timm", "hub.cache-miss"), ("cache.hf", "hub.cache-miss"),
-        ("env.offline", "hub.cache-miss"), ("network.tls", "hub.tls"), ("network.proxy", "hub.proxy"),
-        ("network.not-a-hub", "hub.proxy"), ("network.connect-timeout", "hub.timeout"),
-        ("network.read-timeout", "hub.timeout"), ("network.tls-timeout", "hub.timeout"),
-        ("network.http-status", "hub.not-found"), ("network", "hub.connection"), ("settings", "config.error"),
-    )
-
     def blocked_cause(self) -> Tuple[str, float]:
         ids = [str(x) for x in as_list(self.preflight.get("blocked_by"))]
         findings = {str(f.get("id")): f for f in as_list(self.preflight.get("findings")) if isinstance(f, dict)}
-        cid = "unknown"
-        for fid in ids:
-            for prefix, mapped in self._FINDING_MAP:
-                if fid == prefix or fid.startswith(prefix + "."):
-                    cid = mapped
-                    break
-            if cid != "unknown":
-                break
+        cid = next((c for c in map(declared_cause, ids) if c), None)
         for fid in ids or ["(none recorded)"]:
             f = findings.get(fid, {})
             self.evidence.append(Evidence("experiment.json", self.rec.line_of(f'"{fid}"'),
@@ -284,9 +275,14 @@ class ExperimentAnalysis(FailureCauses, RecordInference, SuccessCheck, MetricsCh
         titles = "; ".join(f"{findings.get(i, {}).get('title') or i} ({i})" for i in ids) or "no finding ids recorded"
         self.pre_chain.append(f"The preflight check ran before the experiment and blocked it: {titles}.")
         self.pre_chain.append("The runner did not start it, so no time was spent on a run that would have failed.")
+        self.facts.setdefault("where", "preflight")
+        if cid is None:
+            self.facts["unknown_sentence"] = ("No failure cause is declared for " + (", ".join(ids) or "its findings")
+                                              + "; the findings above say what the preflight saw.")
+            self.facts["log_path"] = self.rec.path
+            return "unknown", 0.3
         if cid == "hub.cache-miss":
             cid = self._sudo_home(cid, from_preflight=True)
-        self.facts.setdefault("where", "preflight")
         return cid, 0.9
 
 

@@ -22,6 +22,24 @@ _NOT_FOUND_AT = re.compile(r"(?:not found at|No such file or directory)[:\s]*'?(
 _TORCH_DL = re.compile(r'Downloading: "([^"]+)" to (\S+)')
 
 
+_OOM_PROC = re.compile(r"Process (\d+) has ([\d.]+ [GMK]iB) memory in use")
+_OOM_SELF = re.compile(r"this process has ([\d.]+ [GMK]iB) memory in use")
+
+
+def foreign_in_oom_message(msg: str) -> List[Tuple[str, str]]:
+    """(pid, memory) of the other processes a torch CUDA OOM message lists: it names every process
+    on the device ("Process 4242 has 5.50 GiB memory in use") and this one's own share ("this
+    process has 2.10 GiB memory in use"); the entry matching its own share is this process."""
+    own = _OOM_SELF.search(msg)
+    if own is None:
+        return []
+    procs = _OOM_PROC.findall(msg)
+    for i, (_, mem) in enumerate(procs):
+        if mem == own.group(1):
+            return procs[:i] + procs[i + 1:]
+    return procs if len(procs) >= 2 else []  # own share not listed as such: two or more are not all ours
+
+
 class FailureCauses:
     """Mixed into the per-experiment analysis (doctor.explain.analyze.ExperimentAnalysis); uses its
     record (`d`, `fg`, `rec`, `launch`, `preflight`), `facts`, `evidence` and chain lists."""
@@ -233,7 +251,11 @@ class FailureCauses:
             m = re.search(r"Tried to allocate [^.;]+(?:\.\d+)? ?[GMK]iB[^)\n]*\)?", msg)
             if m:
                 f["oom_detail_sentence"] = f"The allocator reported: {m.group(0).strip()}."
+            self.oom_others = foreign_in_oom_message(msg)
             self._batch_facts()
+        if cid == "disk.full":
+            p = cat.missing_path(msg)
+            f["full_dir"] = os.path.dirname(p) if p and os.path.dirname(p) else None
         if cid == "hub.proxy":
             px = [k for k in as_dict(self.launch.get("env_set")) if "proxy" in k.lower()]
             if px:
@@ -341,6 +363,13 @@ class FailureCauses:
                 new = self._sudo_home(cid)
                 if new != cid:
                     return new, 0.95
+        if cid == "cuda.oom" and self.oom_others:
+            others = self.oom_others
+            desc = "; ".join(f"pid {pid} holding {mem}" for pid, mem in others)
+            self.facts["foreign_sentence"] = (f"The CUDA error lists GPU memory held by other processes: {desc} "
+                                              "(torch names every process on the device in its message).")
+            self.facts["kill_cmd"] = "ps -o pid,user,etime,cmd -p " + ",".join(pid for pid, _ in others)
+            return "cuda.oom.foreign-process", min(conf, 0.85)
         if cid == "cuda.oom":
             procs = [p for p in as_list(self.d.get("gpu_foreign_processes")) if isinstance(p, dict)]
             if procs:
