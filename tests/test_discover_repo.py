@@ -153,3 +153,15 @@ def test_needs_lock_observations_come_first(tmp_path):
     side = next(e for e in plan.experiments if e.model == "hrnet18").foreground
     assert {n.kind for n in side.needs} >= {"hf", "timm", "python", "path"}
     assert not any(f.kind == "hf" for f in found["reid"].models["pcb"])
+
+
+def test_unreadable_inputs_are_reported_not_fatal(tmp_path):
+    config = reid_project(tmp_path)
+    repo = tmp_path / "repos" / "reid"
+    (repo / "train.py").write_text("def broken(:\n")
+    (repo / "junk.py").write_bytes(b"\xff\xfe\x00garbage(((")
+    (repo / "train.sh").write_text((repo / "train.sh").read_text() + "\necho 'unterminated\n")
+    rn = by_model(tmp_path, config=config)
+    assert any("does not parse" in u.why and u.file.endswith("train.py") for u in rn.unresolved)
+    assert not any(f.kind in ("timm", "torchvision") and f.blocking for f in rn.models["hrnet18"])
+    assert any(f.kind == "python" for f in rn.models["hrnet18"])  # the script still gives the interpreter

@@ -118,7 +118,12 @@ def _model_needs(memo: SourceMemo, spec, model: str, home: str, path_env: str):
         found.append(_load_found(spec.name, spec.path, model, r, r.status == YES,
                                  "" if r.status == YES else "reached only under a condition known at run time"))
     if facts.entry and not facts.entry.startswith("-m "):
-        entry = memo.summary(os.path.join(spec.path, facts.entry)) or {}
+        entry_path = os.path.join(spec.path, facts.entry)
+        entry = memo.summary(entry_path) or {}
+        problem = entry.get("error") or ("" if entry else "the entry file is missing or unreadable")
+        if problem:
+            facts = dataclasses.replace(facts, unresolved=facts.unresolved + (
+                Unresolved(entry_path, 0, facts.entry, f"{problem}: its loads cannot be followed"),))
         passed = set(w.split("=", 1)[0] for w in facts.argv)
         for a in path_defaults(entry):
             if not passed & set(a.get("options", [])):

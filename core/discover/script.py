@@ -246,7 +246,8 @@ def _interpreter(ev: _Eval, script: Script, word: str, line: int, path_env: str,
 
 
 def _entry_call(ev: _Eval, script: Script, unresolved: List[Unresolved]):
-    """The first statement that runs a Python file: (stmt, expanded words, raw words, index, entry)."""
+    """The first statement that runs a Python file: (stmt, expanded words, raw words, index of the
+    interpreter, entry, whether the interpreter is known before run time)."""
     for i, st in enumerate(script.stmts):
         if not st.words or st.words[0] in _QUIET or st.words[0].startswith(("print_", "log_")):
             continue
@@ -260,11 +261,11 @@ def _entry_call(ev: _Eval, script: Script, unresolved: List[Unresolved]):
         if found is None:
             continue
         k, entry = found
-        if ev.expand(raws[k], before=i if a else None)[0] is None:
+        known = ev.expand(raws[k], before=i if a else None)[0] is not None
+        if not known:
             unresolved.append(Unresolved(script.path, st.line, " ".join(raws)[:120],
                                          f"the interpreter {raws[k]} is only known at run time"))
-            return None
-        return st, words, raws, k, entry
+        return st, words, raws, k, entry, known
     return None
 
 
@@ -275,13 +276,13 @@ def script_facts(script: Script, model: str, model_flag: Optional[str], home: st
     interp, entry, entry_line, argv, passes = None, "", 0, [], False
     call = _entry_call(ev, script, unresolved)
     if call is not None:
-        st, words, raws, k, entry = call
+        st, words, raws, k, entry, known = call
         entry_line = st.line
         passes = any(r in ("$@", "${@}", "$*") for r in raws)
-        raw = raws[k]
-        var = _VAR.fullmatch(raw)
+        var = _VAR.fullmatch(raws[k])
         line = ev.value(var.group(1) or var.group(3))[1] if var else st.line
-        interp = _interpreter(ev, script, words[k], line or st.line, path_env, unresolved)
+        if known:
+            interp = _interpreter(ev, script, words[k], line or st.line, path_env, unresolved)
         argv = [w for w in words[k + 1:] if w != entry]
         full = _built_up(ev, st)
         if full:
