@@ -25,7 +25,7 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml | $(PY)
 # machine whose caches do not hold the demo's weights; the runner then holds those back.
 demo: $(VENV)/.installed
 	@echo "== mutation-doctor -ec settings/demo.json"
-	@PATH="$(BIN):$$PATH" $(BIN)/mutation-doctor -ec settings/demo.json --timeout 2; \
+	@PATH="$(BIN):$$PATH" $(BIN)/mutation-doctor -ec settings/demo.json --probe-timeout 2; \
 	  echo "(doctor exit status $$?: 0 all can run, 1 some are blocked)"
 	@echo
 	@echo "== mutation-run --require-preflight -ec settings/demo.json"

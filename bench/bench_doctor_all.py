@@ -61,12 +61,12 @@ def build_project(base: Path) -> Path:
 
 
 def doctor_argv(root: Path) -> list:
-    return [*doctor_args(root, only=None), "--timeout", "2"]
+    return [*doctor_args(root, only=None), "--probe-timeout", "2"]
 
 
 def run_all(env: dict, root: Path) -> tuple:
     """(wall seconds, JSON report) of the whole doctor with `env` (its HOME included)."""
-    return run_doctor(Path(env["HOME"]), root, "--timeout", "2", only=None, env=env)
+    return run_doctor(Path(env["HOME"]), root, "--probe-timeout", "2", only=None, env=env)
 
 
 def main() -> int:

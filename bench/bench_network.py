@@ -122,7 +122,7 @@ def real_context(settings: Path, hub_url: str, timeout: float, home: str):
         del os.environ[k]
     os.environ.update(HF_ENDPOINT=hub_url, HOME=home, MUTATION_DOCTOR_ASK_SUDO="0")
     args = build_parser().parse_args(["-ec", str(settings), "--models-config", str(ROOT / "settings" / "models_config.json"),
-                                      "--project-root", home, "--only", "network", "--timeout", str(timeout)])
+                                      "--project-root", home, "--only", "network", "--probe-timeout", str(timeout)])
     ctx = make_context(args)
     ctx.need_states()  # the cache group's work, shared with the network group; not timed here
     return ctx

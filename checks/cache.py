@@ -7,11 +7,16 @@ import sys
 from typing import List
 
 from core.commands import doctor_command, prefetch_fix, quote, run_command
-from core.context import DOWNLOADED_KINDS, NeedState
+from core.context import NeedState
 from core.hubcache import BROKEN, MISSING, UNREADABLE
 from core.model import FAIL, OK, WARN, Finding
 
-_AREA = {"timm": "hub", "hf": "hub", "torchvision": "torchhub", "path": "path", "python": "python"}
+_AREA = {"hf": "hub"}  # a store's name in finding ids, where it differs (cache.hub.missing)
+
+
+def _area(s: NeedState) -> str:
+    """The part of the finding id naming where the need lives: its store (hub, torchhub), else its kind."""
+    return _AREA.get(s.resolved.source, s.resolved.source) if s.resolved is not None else s.need.kind
 
 
 def _what(s: NeedState) -> str:
@@ -50,7 +55,7 @@ def _hub_fixes(ctx, s: NeedState) -> List[str]:
 
 def _fixes(ctx, s: NeedState) -> List[str]:
     n = s.need
-    if n.kind in DOWNLOADED_KINDS and s.resolved is not None:
+    if n.adapter.downloaded and s.resolved is not None:
         fixes = _hub_fixes(ctx, s)
         if s.status == BROKEN and s.files and s.files[0].blob:
             fixes.insert(0, f"rm -f {shlex.quote(s.path)} {shlex.quote(s.files[0].blob)}  # remove the broken copy, then fetch it again")
@@ -75,7 +80,7 @@ def check_needs(ctx):
     """Each need present, readable and intact in the launch context's caches and paths."""
     out = []
     for s in ctx.need_states().values():
-        area = _AREA[s.need.kind]
+        area = _area(s)
         what = _what(s) if s.status != "error" else f"{s.need.kind} {s.need.spec.get(s.need.kind)}"
         data = {"need": s.need.key, "kind": s.need.kind, "path": s.path, "status": s.status, "problem": s.problem,
                 "found_elsewhere": [w for _, w in s.found_elsewhere]}
@@ -104,12 +109,11 @@ def check_needs(ctx):
         detail = s.detail
         if s.found_elsewhere:
             detail += "; present in " + "; ".join(f"{w} ({label})" for label, w in s.found_elsewhere)
-        allow = getattr(ctx.options, "allow_download", False) and s.status == MISSING and s.need.kind in DOWNLOADED_KINDS
+        allow = getattr(ctx.options, "allow_download", False) and s.status == MISSING and s.need.adapter.downloaded
         out.append(Finding(id=f"cache.{area}.{'missing' if s.status == MISSING else 'broken'}", group="cache",
                            status=WARN if allow else FAIL,
                            title=f"{what} {'missing' if s.status == MISSING else 'broken (' + s.problem + ')'}"
-                                 + (f" in {ctx.launch.hf_cache if area == 'hub' else ctx.launch.torch_hub}"
-                                    if area in ('hub', 'torchhub') else ""),
+                                 + (f" in {ctx.launch.stores[s.resolved.source]}" if s.resolved is not None else ""),
                            detail=detail, fix=tuple(_fixes(ctx, s)), experiments=s.experiments, data=data))
     return out
 

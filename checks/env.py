@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from core.commands import doctor_command, run_command
-from core.context import HUB_KINDS
+from core.needs import HUB_KINDS
 from core.launch import (REFUSED_NOTE, RELEVANT_VARS, hf_cache_dir, is_offline, parse_launch, torch_hub_dir,
                            which)
 from core.model import FAIL, OK, WARN, Finding

@@ -24,10 +24,11 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from core import netprobe as np
 from core.commands import prefetch_fix, quote, run_command
 from core.model import FAIL, OK, WARN, Finding
+from core.needs import kinds
 
 GROUP = "network"
-HUB_KINDS = ("timm", "hf")
-TORCH_KINDS = ("torchvision",)
+HUB_KINDS = kinds(network=np.HUB, falls_back=True)  # a load falls back to the cache when the Hub is down
+TORCH_KINDS = kinds(network=np.TORCHHUB, falls_back=False)  # a load of an uncached file fails or hangs
 
 # huggingface_hub 2.4.0 timing constants (constants.DEFAULT_ETAG_TIMEOUT,
 # file_download._ETAG_RETRY_TIMEOUT, utils/_http.py http_backoff defaults). bench/bench_network.py

@@ -9,6 +9,8 @@ import shutil
 import sys
 from typing import Sequence
 
+from core.sudoenv import parse_launch
+
 
 def quote(*words: str) -> str:
     return " ".join(shlex.quote(w) for w in words)
@@ -29,8 +31,6 @@ def doctor_command(ctx, verb: str = "", as_launch_user: bool = False, launch: st
     """mutation-doctor with this run's settings and `--launch` (or `launch`). `as_launch_user`:
     prefixed with the launch's sudo words instead (when we are not root already), so it looks at
     or writes the launch user's caches."""
-    from core.launch import parse_launch
-
     how = launch or getattr(ctx.options, "launch", "current") or "current"
     spec = parse_launch(how)
     sudo = as_launch_user and spec.mode != "current" and os.getuid() != 0

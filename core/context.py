@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
-from core import hubcache
+from core import hubcache, sudo
 from core.hubcache import PRESENT, UNREADABLE, FileState
 from core.launch import ask_sudo_default, other_cache_locations
 from core.memo import memo_dir
@@ -14,10 +14,7 @@ from core.model import GROUPS, LaunchContext, Need
 from core.plan import Plan
 from core.registry import Registry
 from core.resolve import Resolved, ResolveError, Resolver
-
-HUB_KINDS = ("timm", "hf")  # needs served from the Hugging Face Hub
-DOWNLOADED_KINDS = HUB_KINDS + ("torchvision",)  # needs a library downloads into a cache
-CACHE_KINDS = DOWNLOADED_KINDS + ("path", "python")  # needs the cache group inspects
+from core.sudo import inspect_task
 
 
 @dataclass(frozen=True)
@@ -108,7 +105,7 @@ class DoctorContext:
             if self._states is None:
                 from concurrent.futures import ThreadPoolExecutor
 
-                items = [(n, ids) for n, ids in self.needs().values() if n.kind in CACHE_KINDS]
+                items = [(n, ids) for n, ids in self.needs().values() if n.adapter.inspected]
                 states = self._states_as_launch_user(items) if self._inspect_through_sudo() else None
                 if states is None:
                     with ThreadPoolExecutor(max_workers=min(8, max(1, len(items)))) as pool:
@@ -120,7 +117,7 @@ class DoctorContext:
 
     def _state(self, need: Need, ids: Tuple[str, ...]) -> NeedState:
         try:
-            files, resolved = self._inspect(need, self.launch.hf_cache, self.launch.torch_hub, self.options.verify)
+            files, resolved = self._inspect(need, self.launch.stores, self.options.verify)
         except ResolveError as e:
             return NeedState(need, "error", detail=str(e), problem="unresolved", experiments=ids)
         return self._need_state(need, ids, files, resolved)
@@ -129,7 +126,7 @@ class DoctorContext:
                     resolved: Optional[Resolved]) -> NeedState:
         status, main = _combine(files, resolved)
         elsewhere = ()
-        if status != PRESENT and need.kind in DOWNLOADED_KINDS:
+        if status != PRESENT and need.adapter.downloaded:
             elsewhere = self._elsewhere(need)
         return NeedState(need, status, path=main.path, detail=main.detail, problem=main.problem, experiments=ids,
                          files=files, resolved=resolved, found_elsewhere=elsewhere)
@@ -139,33 +136,24 @@ class DoctorContext:
         if not (self.options.ask_sudo and ask_sudo_default()) or os.getuid() == 0 or launch.uid != 0 \
                 or launch.source == "self":
             return False
-        from core import sudo
-
         if not sudo.passwordless():
             self.inspect_notes += (f"the caches were inspected as {launch.invoking_user}, not as {launch.user}: "
                                    "sudo -n cannot run commands here (sudo is absent or asks for a password)",)
             return False
         return True
 
-    def _tasks(self, need: Need, hf_cache: str, torch_hub: str):
-        """The inspection tasks (see core.sudo.inspect_task) of one need, and its resolution."""
-        if need.kind == "path":
-            return [("path", need.path_for(self.launch.home), need.spec.get("kind", "file"))], None
-        if need.kind == "python":
-            return [("python", need.path_for(self.launch.home))], None
-        r = self.resolver.resolve(need)
-        if r.source == "torchhub":
-            return [("torch", torch_hub, r.filename)], r
-        return [("hf", hf_cache, r.repo_id, f, r.revision) for f in r.files], r
+    def _tasks(self, need: Need, stores: Mapping[str, str]):
+        """The inspection tasks (see core.sudo.inspect_task) of one need in `stores`, and its resolution."""
+        r = self.resolver.resolve(need) if need.adapter.downloaded else None
+        return need.adapter.tasks(need.spec, need.path_for(self.launch.home), r, stores), r
 
     def _states_as_launch_user(self, items) -> Optional[list]:
         """All needs inspected in one `sudo -n` probe; None (and a note) when that is not possible."""
-        from core import sudo
 
         planned, tasks = [], []
         for need, ids in items:
             try:
-                t, r = self._tasks(need, self.launch.hf_cache, self.launch.torch_hub)
+                t, r = self._tasks(need, self.launch.stores)
             except ResolveError as e:
                 planned.append((need, ids, None, None, str(e)))
                 continue
@@ -184,22 +172,20 @@ class DoctorContext:
             out.append(self._need_state(need, ids, tuple(files[span[0]:span[1]]), r))
         return out
 
-    def _inspect(self, need: Need, hf_cache: str, torch_hub: str, verify: bool):
-        from core.sudo import inspect_task
-
-        tasks, r = self._tasks(need, hf_cache, torch_hub)
+    def _inspect(self, need: Need, stores: Mapping[str, str], verify: bool):
+        tasks, r = self._tasks(need, stores)
         return tuple(inspect_task(t, verify, self.hashes) for t in tasks), r
 
     def _elsewhere(self, need: Need) -> Tuple[Tuple[str, str], ...]:
         out = []
-        for label, hf, th in other_cache_locations(self.launch):
+        for label, stores in other_cache_locations(self.launch):
             try:
-                files, r = self._inspect(need, hf, th, False)
+                files, r = self._inspect(need, stores, False)
             except ResolveError:
                 return ()
             status, main = _combine(files, r)
             if status == PRESENT:
-                out.append((label, hf if r and r.source == "hf" else th))
+                out.append((label, stores[r.source if r else "hf"]))
         return tuple(out)
 
 

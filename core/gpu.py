@@ -24,7 +24,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from core.launch import which
+from core.envpath import which
 
 GPU_FIELDS = ("index", "uuid", "name", "memory.total", "memory.free", "memory.used", "compute_cap", "driver_version")
 APP_FIELDS = ("pid", "gpu_uuid", "used_memory", "process_name")

@@ -6,7 +6,11 @@ Nothing in this module imports a heavy library or prints.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Mapping, Optional, Tuple
+
+from core import needs
+from core.needs.hf import is_offline
 
 from core.vocab import BLOCKED, ERROR, FAIL, GROUPS, OK, STATUS_ORDER, WARN  # noqa: F401 - re-exported
 
@@ -15,7 +19,8 @@ from core.vocab import BLOCKED, ERROR, FAIL, GROUPS, OK, STATUS_ORDER, WARN  # n
 class Need:
     """One external thing a model needs at run time, as declared in the registry's `requires`.
 
-    `kind` is one of: timm, torchvision, hf, path, python, gpu, gpu_memory_gb.
+    `kind` is one of the kinds registered in core.needs (timm, torchvision, hf, path, python, gpu,
+    gpu_memory_gb); its adapter there owns validation, key, resolution and cache location.
     `spec` is the declaration as written (for example `{"timm": "hrnet_w18"}`); `repo_dir` is the
     absolute folder of the repo, against which relative paths are resolved.
     """
@@ -28,21 +33,12 @@ class Need:
     @property
     def key(self) -> str:
         """A stable, human-readable identity, used to deduplicate needs shared by experiments."""
-        if self.kind == "timm":
-            tag = self.spec.get("tag")
-            return f"timm:{self.spec['timm']}" + (f".{tag}" if tag else "")
-        if self.kind == "torchvision":
-            w = self.spec.get("weights") or ("pretrained" if self.spec.get("pretrained") else "DEFAULT")
-            return f"torchvision:{self.spec['torchvision']}:{w}"
-        if self.kind == "hf":
-            files = ",".join(self.spec.get("files") or [])
-            rev = self.spec.get("revision") or "main"
-            return f"hf:{self.spec['hf']}@{rev}:{files}"
-        if self.kind == "path":
-            return f"path:{self.resolved_path}"
-        if self.kind == "python":
-            return f"python:{self.spec['python']}"
-        return f"{self.kind}:{self.spec.get(self.kind)}"
+        return needs.key_for(self.kind, self.spec, self.repo_dir)
+
+    @property
+    def adapter(self) -> "needs.NeedKind":
+        """The adapter of this need's kind (core.needs)."""
+        return needs.adapter(self.kind)
 
     @property
     def resolved_path(self) -> str:
@@ -54,12 +50,7 @@ class Need:
     def path_for(self, home: str) -> str:
         """For `path` and `python` needs: the absolute path as a process whose HOME is `home` sees it
         (a train.sh run under sudo expands `~` to /root); relative paths start at the repo folder."""
-        import os.path
-
-        from core.launch import expanduser
-
-        p = expanduser(str(self.spec.get("path") or self.spec.get("python") or ""), home)
-        return os.path.normpath(p if os.path.isabs(p) else os.path.join(self.repo_dir, p))
+        return needs.local_path(self.spec, self.repo_dir, home)
 
 
 @dataclass(frozen=True)
@@ -137,21 +128,25 @@ class LaunchContext:
     notes: Tuple[str, ...] = ()
 
     @property
-    def hf_cache(self) -> str:
-        from core.launch import hf_cache_dir
+    def caches(self) -> Mapping[str, str]:
+        """The cache folder of every kind that downloads into one (core.needs), as this process sees it."""
+        return MappingProxyType(needs.cache_dirs(self.env, self.home))
 
-        return hf_cache_dir(self.env, self.home)
+    @property
+    def stores(self) -> Mapping[str, str]:
+        """The cache folder of every store ("hf", "torchhub"): where a Resolved need's files go."""
+        return MappingProxyType(needs.store_dirs(self.env, self.home))
+
+    @property
+    def hf_cache(self) -> str:
+        return self.stores["hf"]
 
     @property
     def torch_hub(self) -> str:
-        from core.launch import torch_hub_dir
-
-        return torch_hub_dir(self.env, self.home)
+        return self.stores["torchhub"]
 
     @property
     def offline(self) -> bool:
-        from core.launch import is_offline
-
         return is_offline(self.env)
 
 

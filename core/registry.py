@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from core.model import Need
-
-NEED_KINDS = ("timm", "torchvision", "hf", "path", "python", "gpu", "gpu_memory_gb")
+from core.needs import KINDS, adapter, need_kind  # noqa: F401 - need_kind re-exported
 
 
 class SettingsError(Exception):
@@ -77,26 +76,16 @@ class Registry:
         return tuple(Need(kind=need_kind(d), spec=d, repo=repo, repo_dir=spec.path) for d in raw)
 
 
-def need_kind(d: Mapping[str, Any]) -> str:
-    kinds = [k for k in NEED_KINDS if k in d]
-    return kinds[0] if len(kinds) == 1 else ""
-
-
 def _check_need(file: str, where: str, d: Any) -> None:
     if not isinstance(d, dict):
         raise SettingsError(file, where, f"expected an object such as {{\"timm\": \"hrnet_w18\"}}, got {type(d).__name__}")
-    kinds = [k for k in NEED_KINDS if k in d]
+    kinds = [k for k in KINDS if k in d]
     if len(kinds) != 1:
-        raise SettingsError(file, where, f"expected exactly one of {', '.join(NEED_KINDS)}, got keys {sorted(d)}")
-    k = kinds[0]
-    if k in ("timm", "torchvision", "hf", "path", "python") and not (isinstance(d[k], str) and d[k]):
-        raise SettingsError(file, f"{where}.{k}", "expected a non-empty string")
-    if k == "hf" and not (isinstance(d.get("files"), list) and d["files"] and all(isinstance(x, str) for x in d["files"])):
-        raise SettingsError(file, f"{where}.files", "expected a non-empty list of file names")
-    if k == "python" and not os.path.isabs(os.path.expanduser(d[k])):
-        raise SettingsError(file, f"{where}.python", "expected an absolute interpreter path")
-    if k == "gpu_memory_gb" and not isinstance(d[k], (int, float)):
-        raise SettingsError(file, f"{where}.gpu_memory_gb", "expected a number of GiB")
+        raise SettingsError(file, where, f"expected exactly one of {', '.join(KINDS)}, got keys {sorted(d)}")
+    problems = adapter(kinds[0]).validate(d)
+    if problems:
+        field_name, expected = problems[0]
+        raise SettingsError(file, f"{where}.{field_name}", expected)
 
 
 def _hyperparams(file: str, where: str, raw: Any) -> Dict[str, Hyperparam]:

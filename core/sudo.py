@@ -25,8 +25,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from core.launch import (SECURE_PATH, SUDO_ENV_CHECK, SUDO_ENV_DELETE, SUDO_ENV_KEEP, LaunchSpec,
-                           parse_launch, simulate_sudo, which)
+from core.envpath import which
+from core.sudoenv import (SECURE_PATH, SUDO_ENV_CHECK, SUDO_ENV_DELETE, SUDO_ENV_KEEP, LaunchSpec, parse_launch,
+                          simulate_sudo)
 from core.model import LaunchContext
 
 SUDO_TIMEOUT = 3.0

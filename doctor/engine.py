@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from checks import CHECKS, Check
+from core.commands import doctor_command
 from core.context import DoctorContext
 from core.model import Finding, Report, Verdict
 from core.secrets import mask_text
@@ -21,17 +22,24 @@ def _as_list(result) -> List[Finding]:
     return [f for f in result if f is not None]
 
 
+def crash_finding(check: Check, error: BaseException, tb: str, ctx: DoctorContext) -> Finding:
+    """The `error` finding of a check that raised: one line naming the check and the exception's
+    first line; the (masked) traceback in `data` for -v and --json."""
+    env = ctx.launch.env
+    lines = str(error).strip().splitlines()
+    message = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return Finding(id=f"{check.group}.{check.name}.crashed", group=check.group, status=ERROR,
+                   title=mask_text(f"the check \"{check.title}\" ({check.group}.{check.name}) crashed: {message}", env),
+                   fix=(f"{doctor_command(ctx)} --only {check.group} -v  # shows the traceback to report",),
+                   data={"exception": mask_text(message, env), "traceback": mask_text(tb, env)})
+
+
 def run_check(check: Check, ctx: DoctorContext) -> List[Finding]:
     """One check; a crash becomes an `error` finding instead of stopping the doctor."""
     try:
         return _as_list(check.load()(ctx))
     except Exception as e:  # noqa: BLE001 - any crash of a check is reported, never fatal
-        tb = traceback.format_exc(limit=6)
-        return [Finding(id=f"{check.group}.{check.name}.crashed", group=check.group, status=ERROR,
-                        title=f"the check \"{check.title}\" crashed: {type(e).__name__}",
-                        detail=mask_text(str(e), ctx.launch.env),
-                        fix=("run again with -v and report the details",),
-                        data={"traceback": mask_text(tb, ctx.launch.env)})]
+        return [crash_finding(check, e, traceback.format_exc(limit=6), ctx)]
 
 
 def verdicts(experiments, findings: Iterable[Finding]) -> Tuple[Verdict, ...]:

@@ -143,11 +143,13 @@ def main(argv: List[str]) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from doctor.cli import UsageError, add_common_args, make_context
+    from core.errors import UsageError
+    from doctor.operations import add_common_args, add_deprecated_timeout, make_context
 
     p = argparse.ArgumentParser(prog="mutation-doctor prefetch",
                                 description="Download missing weights into the caches the launched process will use.")
     add_common_args(p)
+    add_deprecated_timeout(p)
     p.add_argument("--download-timeout", type=float, default=1800.0, metavar="S",
                    help="give up on one download after S seconds (default 1800)")
     p.add_argument("--torch-mirror", metavar="URL", default=os.environ.get("MUTATION_TORCH_MIRROR"),

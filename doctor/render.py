@@ -28,7 +28,7 @@ def launch_dict(report: Report) -> dict:
     env = ctx.env
     return {
         "how": ctx.how, "source": ctx.source, "user": ctx.user, "uid": ctx.uid, "home": ctx.home, "cwd": ctx.cwd,
-        "hf_cache": ctx.hf_cache, "torch_hub": ctx.torch_hub, "offline": ctx.offline,
+        "hf_cache": ctx.hf_cache, "torch_hub": ctx.torch_hub, "caches": dict(ctx.caches), "offline": ctx.offline,
         "python3": which("python3", env), "invoking_user": ctx.invoking_user, "invoking_uid": ctx.invoking_uid,
         "invoking_home": ctx.invoking_home,
         "env": {k: mask(k, env[k]) for k in RELEVANT_VARS if k in env},
@@ -40,7 +40,7 @@ def finding_dict(f: Finding, env) -> dict:
     return {"id": f.id, "group": f.group, "status": f.status, "title": mask_text(f.title, env),
             "detail": mask_text(f.detail, env), "fix": [mask_text(x, env) for x in f.fix],
             "experiments": list(f.experiments),
-            "data": {k: v for k, v in f.data.items() if k != "traceback"}}
+            "data": dict(f.data)}
 
 
 def summary(report: Report) -> dict:
@@ -114,6 +114,8 @@ def render_terminal(report: Report, console, verbose: bool = False) -> None:
                 continue
             console.print(f"    [{STYLE[f.status]}]{MARK[f.status]}[/{STYLE[f.status]}] {escape(mask_text(f.title, env))}"
                           f" [dim]{escape(f.id)}[/dim]")
+            if f.status == ERROR and not verbose:
+                continue  # a crashed check is one line; -v adds the fix and the traceback
             if f.detail and (verbose or f.status != OK):
                 console.print(f"      {escape(mask_text(f.detail, env))}", style="dim")
             if f.experiments and f.status != OK:

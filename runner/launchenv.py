@@ -21,10 +21,11 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from core.context import DoctorContext, NeedState
 from core.launch import parse_launch
 from core.model import OK, Experiment, Finding, LaunchContext, Report
+from core.needs import DOWNLOADED_KINDS
 from core.secrets import mask, mask_text
 from runner.execute import TOKEN_VAR
 
-HUB_KINDS = ("timm", "hf", "torchvision")
+HUB_KINDS = DOWNLOADED_KINDS  # every kind a library downloads into a cache
 OFFLINE_VARS = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 

@@ -30,6 +30,7 @@ def test_help_does_not_import_torch():
     (["--only", "cache,bogus"], "unknown group bogus"),
     (["--launch", "doas"], "expected current, sudo"),
     (["--project-root", "/nonexistent/dir"], "not a folder"),
+    (["--probe-timeout", "0"], "--probe-timeout must be a positive number of seconds"),
     (["--only", "settings", "--markdown", "/nonexistent/dir/report.md"], "No such file or directory"),
 ])
 def test_usage_errors_are_one_line_exit_2(args, needle):
@@ -37,6 +38,22 @@ def test_usage_errors_are_one_line_exit_2(args, needle):
     assert p.returncode == 2
     assert needle in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_probe_timeout_is_the_option_and_timeout_a_deprecated_alias():
+    from runner.cli import build_parser as runner_parser
+
+    help_text = doctor("--help").stdout
+    assert "--probe-timeout" in help_text and "--timeout" not in help_text.replace("--probe-timeout", "")
+    new = doctor("--only", "settings", "--probe-timeout", "1.5", "--json")
+    old = doctor("--only", "settings", "--timeout", "1.5", "--json")
+    assert new.returncode == old.returncode == 0 and json.loads(old.stdout)["summary"]["exit_code"] == 0
+    assert "deprecated" not in new.stderr
+    assert old.stderr.strip() == "mutation-doctor: --timeout is deprecated, use --probe-timeout"
+    bad = doctor("--only", "settings", "--timeout", "-1")
+    assert bad.returncode == 2 and "--probe-timeout must be a positive" in bad.stderr
+    run = runner_parser().parse_args(["-ec", "x.json", "--timeout", "60", "--probe-timeout", "2"])
+    assert (run.timeout, run.probe_timeout) == (60.0, 2.0)  # the runner's --timeout is the attempt's
 
 
 def test_bad_json_names_file_and_position(tmp_path):
@@ -68,19 +85,34 @@ def test_json_contract_and_exit_code_on_demo(tmp_path):
     assert any("prefetch" in x for x in missing["fix"])
 
 
-def test_a_crashing_check_is_reported_not_fatal(tmp_path):
+def _with_crashing_check(*args):
     code = ("import sys\n"
             "import checks\n"
             "from checks import Check\n"
             "checks.CHECKS = checks.CHECKS + (Check('settings', 'boom', 'Boom', 'os.path:__nonexistent__'),)\n"
             "import doctor.engine as e; e.CHECKS = checks.CHECKS\n"
             "from doctor.cli import main\n"
-            "sys.exit(main(['-ec', 'settings/demo.json', '--only', 'settings', '--json']))\n")
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+            f"sys.exit(main(['-ec', 'settings/demo.json', '--only', 'settings', *{list(args)!r}]))\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_a_crashing_check_is_reported_not_fatal(tmp_path):
+    p = _with_crashing_check("--json")
     data = json.loads(p.stdout)
     crashed = [f for f in data["findings"] if f["id"] == "settings.boom.crashed"]
-    assert crashed and crashed[0]["status"] == "error"
-    assert "traceback" not in json.dumps(crashed[0]["data"])
+    assert crashed and crashed[0]["status"] == "error" and p.returncode == 1
+    assert "Traceback (most recent call last)" in crashed[0]["data"]["traceback"]  # --json carries it
+    assert crashed[0]["data"]["exception"].startswith("AttributeError: module ")
+
+
+def test_a_crashing_check_is_one_terminal_line_and_its_traceback_only_under_v():
+    out = _with_crashing_check().stdout.splitlines()
+    i = next(i for i, x in enumerate(out) if "settings.boom.crashed" in x)
+    assert '"Boom" (settings.boom) crashed: AttributeError: module ' in out[i] and "__nonexistent__" in out[i]
+    assert not out[i + 1].startswith("      ")  # no detail, fix or traceback lines below it
+    assert "Traceback" not in "\n".join(out)
+    verbose = _with_crashing_check("-v").stdout
+    assert "Traceback (most recent call last)" in verbose and "--only settings -v" in verbose
 
 
 def test_markdown_report_and_piped_table_keep_whole_ids(tmp_path):
