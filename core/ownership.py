@@ -73,18 +73,18 @@ def _ancestors_of(root: str) -> List[str]:
         p = os.path.dirname(p)
 
 
-def snapshot(paths_or_roots: PathsOrRoots) -> Snapshot:
-    """The (st_dev, st_ino) of every entry under the roots and of every folder above them now:
-    pass it as `before=` and all of them stay as they are."""
+def snapshot(paths_or_roots: PathsOrRoots, below: bool = True) -> Snapshot:
+    """The (st_dev, st_ino) of every entry under the roots (`below=False`: not those) and of
+    every folder above them now: pass it as `before=` and all of them stay as they are."""
     out = set()
     for root in _roots(paths_or_roots):
-        for p in [*_ancestors_of(root), root]:
+        for p in [*_ancestors_of(root), *([root] if below else [])]:
             try:
                 st = os.stat(p)
                 out.add((st.st_dev, st.st_ino))
             except OSError:
                 continue
-        for p in _walk(root):
+        for p in _walk(root) if below else ():
             try:
                 st = os.lstat(p)
                 out.add((st.st_dev, st.st_ino))

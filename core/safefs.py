@@ -35,6 +35,15 @@ _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _PEEK = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
+_CREATED: set = set()  # (st_dev, st_ino) of everything any SafeTree of this process created
+_CREATED_LOCK = threading.Lock()
+
+
+class UnsafeWrite(OSError):
+    """Raised by open_log: the write would go where this process may not safely write (its
+    message is one line saying why)."""
+
+
 class NotRegularFile(OSError):
     """Raised by read_regular/open_regular for a FIFO, device, socket or folder (an OSError, so
     readers that already handle unreadable files handle this too)."""
@@ -245,6 +254,8 @@ class SafeTree:
         with self._lock:
             self.created.append(c)
             self._mine[(st.st_dev, st.st_ino)] = c
+        with _CREATED_LOCK:
+            _CREATED.add((st.st_dev, st.st_ino))
         if now or not self.hold:
             self._give_fd(fd, c)
 
@@ -264,6 +275,22 @@ class SafeTree:
         except _Refused as r:
             self._refuse(self._path(_parts(relpath)), str(r))
             return False
+
+    def mkdir_new(self, name: str) -> bool:
+        """Make the folder root/name, which must not exist yet (False when it does); OSError when
+        it cannot be made."""
+        if self.fd is None or not name or "/" in name or name in (".", ".."):
+            raise OSError(errno.EINVAL, f"cannot make {name!r} in {self.root}")
+        try:
+            os.mkdir(name, 0o755, dir_fd=self.fd)
+        except FileExistsError:
+            return False
+        fd = os.open(name, _DIR, dir_fd=self.fd)
+        try:
+            self._record(fd, name, True)
+        finally:
+            os.close(fd)
+        return True
 
     def _parent(self, parts: List[str]) -> Optional[int]:
         """A descriptor of the folder that will hold root/parts (made as needed), or None (refused)."""
@@ -430,6 +457,69 @@ class SafeTree:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _trusted_folder(fd: int) -> bool:
+    """May this process create names in the folder open at `fd`? Always when not root (it gains
+    nothing); as root, when a SafeTree of this process created the folder, or when only root may
+    write to it."""
+    st = os.fstat(fd)
+    if os.geteuid() != 0:
+        return True
+    return (st.st_dev, st.st_ino) in _CREATED or (st.st_uid == 0 and not st.st_mode & 0o022)
+
+
+def open_log(path: str, append: bool = False) -> BinaryIO:
+    """A log file open for writing at `path`, for a process's output.
+
+    New (`append=False`, or nothing there yet): a temporary file made with O_EXCL in the folder,
+    renamed over the name (whatever was planted there, a link or a hard link, is replaced, never
+    written through); as root only in a folder this process created or only root may write to.
+    `append=True` on an existing file: only when this process created that very file. Raises
+    UnsafeWrite (one line) otherwise."""
+    folder, name = os.path.split(os.path.abspath(path))
+    try:
+        dfd = os.open(folder, _DIR)
+    except OSError as e:
+        raise UnsafeWrite(e.errno or errno.EPERM, f"cannot open the folder of {path}: {e.strerror}") from None
+    try:
+        if append:
+            f = _append_created(dfd, name, path)
+            if f is not None:
+                return f
+        if not _trusted_folder(dfd):
+            raise UnsafeWrite(errno.EPERM, f"not writing {path}: its folder was not made by this run and "
+                                           "others may write to it")
+        tmp = f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        fd = os.open(tmp, _NEW, 0o644, dir_fd=dfd)
+        try:
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError as e:
+            os.close(fd)
+            _unlink_quietly(tmp, dfd)
+            raise UnsafeWrite(e.errno or errno.EPERM, f"not writing {path}: {e.strerror}") from None
+        st = os.fstat(fd)
+        with _CREATED_LOCK:
+            _CREATED.add((st.st_dev, st.st_ino))
+        return os.fdopen(fd, "ab" if append else "wb")
+    finally:
+        os.close(dfd)
+
+
+def _append_created(dfd: int, name: str, path: str) -> Optional[BinaryIO]:
+    """`name` open for appending when this process created it; None when it does not exist."""
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise UnsafeWrite(e.errno or errno.EPERM, f"not appending to {path}: {e.strerror}") from None
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and (os.geteuid() != 0 or (st.st_dev, st.st_ino) in _CREATED):
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "ab")
+    os.close(fd)
+    raise UnsafeWrite(errno.EPERM, f"not appending to {path}: this run did not create it")
 
 
 class _Refused(Exception):

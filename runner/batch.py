@@ -7,6 +7,7 @@ the batch stopped.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import os
 import shlex
 import sys
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
+from core.safefs import Owner, SafeTree
 from core.secrets import mask_text
 from runner import gpuwatch
 from runner.backends.base import TOKEN_VAR, Backend, JobSpec
@@ -79,17 +81,19 @@ def user_timestamp() -> str:
     return _dt.datetime.now().isoformat()
 
 
-def new_run_dir(results_dir: str) -> str:
-    os.makedirs(results_dir, exist_ok=True)
-    base = os.path.join(results_dir, "run_" + _dt.datetime.now().strftime("%Y%m%d_%H%M%S"))
-    path, n = base, 1
-    while True:
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            n += 1
-            path = f"{base}_{n}"
+def new_run_dir(results_dir: str, owner: Optional[tuple] = None) -> str:
+    """A new run_YYYYmmdd_HHMMSS[_N] folder in `results_dir` (made when missing). Acting for a
+    sudo user (`owner`), the folders made on the way are theirs at once; the run folder is given
+    back by the batch; an existing results folder keeps its owner. OSError when it cannot be made."""
+    with SafeTree(results_dir, Owner(owner[0], owner[1]) if owner else None, hold=True) as parent:
+        if parent.fd is None:
+            raise OSError(errno.EPERM, parent.refused[-1].reason if parent.refused else "cannot open it")
+        base = "run_" + _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+        for n in range(1, 1000):
+            name = base if n == 1 else f"{base}_{n}"
+            if parent.mkdir_new(name):
+                return os.path.join(parent.root, name)
+    raise OSError(errno.EEXIST, f"no free run folder name in {results_dir}")
 
 
 class Batch:
@@ -100,6 +104,8 @@ class Batch:
         self.ctx, self.jobs, self.preflights, self.run_dir = ctx, list(jobs), preflights, run_dir
         self.opt, self.say, self.stop = options, say, stop
         self.owner, self.since = owner, since
+        self.tree = SafeTree(run_dir, Owner(owner[0], owner[1]) if owner else None, create=False, hold=True, say=say)
+        self.run_before = None  # see run(): what the run folder held before this run (never given away)
         self.energy = energy or EnergyPlan()
         if backend is None:
             from runner import backends
@@ -121,7 +127,7 @@ class Batch:
         return os.path.join(self.run_dir, job.id)
 
     def _write(self, job: Job, record: dict) -> None:
-        write_json(os.path.join(self._exp_dir(job), "experiment.json"), record)
+        write_json(os.path.join(self._exp_dir(job), "experiment.json"), record, self.tree)
         self.records[job.id] = record
         # summary.csv is derived from the records (rebuilt at the end and on --resume): after an
         # experiment it is rewritten unless the last rewrite was under a second ago
@@ -130,7 +136,7 @@ class Batch:
 
     def write_summary(self) -> None:
         order = [j.id for j in self.jobs if j.id in self.records]
-        write_summary(os.path.join(self.run_dir, "summary.csv"), [self.records[i] for i in order])
+        write_summary(os.path.join(self.run_dir, "summary.csv"), [self.records[i] for i in order], self.tree)
         self._summary_at = time.monotonic()
 
     def _give_back_run_dir(self) -> List[str]:
@@ -140,8 +146,7 @@ class Batch:
         from core.ownership import give_back
 
         uid, gid = self.owner[0], self.owner[1]
-        return list(give_back([self.run_dir], uid, gid, since=self.since,
-                              within=os.path.dirname(os.path.dirname(self.run_dir))).changed)
+        return list(give_back([self.run_dir], uid, gid, before=self.run_before).changed)
 
     def give_back_all(self) -> List[str]:
         """Running as root for a sudo user: hand back what the run created in the results folder,
@@ -230,7 +235,7 @@ class Batch:
         pf = self.preflights[job.id]
         log = os.path.join(self._exp_dir(job), LOG)
         lines = read_tail(log)
-        os.makedirs(self._exp_dir(job), exist_ok=True)
+        self.tree.mkdirs(job.id)
         rec = experiment_record(job=job, status="interrupted", timestamp=user_timestamp(),
                                 duration=sum(a.get("duration_seconds") or 0 for a in attempts), exit_code=None,
                                 attempts=attempts, metrics={}, error_message=f"interrupted: {message}",
@@ -241,10 +246,14 @@ class Batch:
 
     def _open_journal(self) -> None:
         if self.journal is None:
-            self.journal = Journal(os.path.join(self.run_dir, "journal.jsonl"))
+            self.journal = Journal(os.path.join(self.run_dir, "journal.jsonl"), self.tree)
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> List[Outcome]:
+        if self.owner is not None:  # a new run folder is the run's; on --resume what is there stays as it is
+            from core.ownership import snapshot
+
+            self.run_before = snapshot([self.run_dir], below=resume)
         self._open_journal()
         state = self.resume_state() if resume else {}
         self.journal.write("run-resume" if resume else "run-start", pid=os.getpid(), run_id=self.run_id)
@@ -280,7 +289,7 @@ class Batch:
         """Gate, wait for the GPU, run the experiment's attempts through the backend, record it;
         None when a stop request came before it started (a --resume runs it)."""
         pf = self.preflights[job.id]
-        os.makedirs(self._exp_dir(job), exist_ok=True)
+        self.tree.mkdirs(job.id)
         plan = self._plan(job)
         if pf.verdict == "blocked" and self.opt.require_preflight:
             return self._record_blocked(i, total, job, plan)

@@ -261,7 +261,7 @@ def run(args) -> int:
         if slurm:
             slurm_batch.check_submission(ctx, slurm, preflights, results_dir)
         try:
-            run_dir = new_run_dir(results_dir)
+            run_dir = new_run_dir(results_dir, owner)
         except OSError as e:
             raise UsageError(f"--results-dir {results_dir}: cannot create a run folder: {e.strerror}") from None
         since = started - 1.0

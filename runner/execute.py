@@ -82,8 +82,13 @@ class AttemptResult:
 
 def _tell(stream: Optional[IO[bytes]], path: str, text: str) -> None:
     """A line of ours in the job's log (and on the terminal)."""
-    with open(path, "ab") as f:
-        f.write(text.encode())
+    from core.safefs import open_log
+
+    try:  # our own log only: never appended to through a link or to a file this run did not create
+        with open_log(path, append=True) as f:
+            f.write(text.encode())
+    except OSError:
+        pass
     if stream is not None:
         try:
             stream.write(text.encode())

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import IO, Iterable, List, Optional, Sequence, Set
 
+from core.safefs import open_log
 from runner.backends.base import TOKEN_VAR, Backend, Exit, Handle, JobSpec, StartError
 
 DESCENDANT_SCAN = 2.0  # seconds between snapshots of a child's descendants
@@ -96,7 +97,10 @@ class LocalBackend(Backend):
             self.watchdog = None
 
     def start(self, spec: JobSpec, stream: Optional[IO[bytes]] = None) -> "LocalHandle":
-        log = open(spec.log_path, "ab" if spec.append else "wb")
+        try:  # never through a link planted in the experiment folder; appends only to our own log
+            log = open_log(spec.log_path, append=spec.append)
+        except OSError as e:
+            raise StartError(f"not started: {e.strerror or e}", 126) from None
         try:
             proc = subprocess.Popen(list(spec.argv), cwd=spec.cwd, env=dict(spec.env), stdin=subprocess.DEVNULL,
                                     stdout=log if spec.append else subprocess.PIPE, stderr=subprocess.STDOUT,
