@@ -61,6 +61,12 @@ def default_path(models_config: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(models_config)), LOCK_NAME)
 
 
+def path_for(options, registry_path: str) -> str:
+    """`--needs-lock FILE` (options.needs_lock), else the lock beside the registry."""
+    chosen = getattr(options, "needs_lock", None)
+    return os.path.abspath(chosen) if chosen else default_path(registry_path)
+
+
 def empty() -> dict:
     return {"format_version": FORMAT_VERSION, "note": NOTE, "repos": {}}
 

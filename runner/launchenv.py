@@ -271,14 +271,6 @@ def _preserve(argv: List[str], names: Sequence[str]) -> List[str]:
     return argv[:2] + ["--preserve-env=" + ",".join(names)] + argv[2:] if argv[1:2] == ["-n"] else argv
 
 
-def lock_path(ctx: DoctorContext) -> str:
-    """`--needs-lock FILE`, else `needs.lock.json` beside the registry."""
-    from core import needslock
-
-    chosen = getattr(ctx.options, "needs_lock", None)
-    return os.path.abspath(chosen) if chosen else needslock.default_path(ctx.registry.path)
-
-
 def record_observation(ctx: DoctorContext, job, exp_dir: str, run_id: str, passed: bool,
                        owner: Optional[tuple] = None, say: Callable[[str], None] = lambda _m: None) -> Optional[dict]:
     """After an experiment: collect its processes' observations into `needs.json` beside
@@ -299,7 +291,7 @@ def record_observation(ctx: DoctorContext, job, exp_dir: str, run_id: str, passe
     shutil.rmtree(folder, ignore_errors=True)
     summary = collect.summary(needs)
     if passed and needs.get("observed"):
-        path = lock_path(ctx)
+        path = needslock.path_for(ctx.options, ctx.registry.path)
         seen = needslock.Seen(run=f"{run_id}/{job.id}", at=_now())
         try:
             needslock.update(path, job.foreground.repo, job.foreground.model, needs, seen,
