@@ -42,3 +42,77 @@ def test_a_shell_message_without_traceback_is_classified_by_the_text_rules():
         False, "the interpreter or environment is missing: ERROR: Python not found at /opt/env/bin/python")
     assert classify(["step 3", "Killed"], 1, None, False)[0] is True
     assert classify(["step 3", "something odd"], 2, None, False) == (False, "exit code 2: something odd")
+
+
+# Each rule alone: the exception rules through classify_exception only, the text rules through
+# text_rule only, so that breaking one rule fails its own case even where the other would cover it.
+EXCEPTION_RULES = [
+    ("KeyboardInterrupt", "", "interrupted"),
+    ("RuntimeError", "CUDA out of memory. Tried to allocate 192.00 MiB", "cuda.oom"),
+    ("torch.OutOfMemoryError", "CUDA out of memory.", "cuda.oom"),
+    ("RuntimeError", "DataLoader worker (pid 4321) is killed by signal: Killed.", "killed"),
+    ("RuntimeError", "CUDA error: no kernel image is available for execution on the device", "cuda.arch"),
+    ("AssertionError", "Torch not compiled with CUDA enabled", "cuda.unavailable"),
+    ("RuntimeError", "Found no NVIDIA driver on your system.", "cuda.unavailable"),
+    ("huggingface_hub.errors.RepositoryNotFoundError", "401 Client Error.", "hub.not-found"),
+    ("huggingface_hub.errors.LocalEntryNotFoundError", "cannot find the requested files in the local cache",
+     "hub.cache-miss"),
+    ("httpx.ProxyError", "407 Proxy Authentication Required", "hub.proxy"),
+    ("httpx.ConnectTimeout", "_ssl.c:1000: The handshake operation timed out", "hub.timeout"),
+    ("httpcore.ConnectError", "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed", "hub.tls"),
+    ("httpx.ConnectError", "[Errno 104] Connection reset by peer", "hub.connection"),
+    ("requests.exceptions.HTTPError", "503 Server Error: Service Unavailable for url: https://huggingface.co/x",
+     "hub.connection"),
+    ("urllib.error.URLError", "<urlopen error [Errno 111] Connection refused>", "torchhub.download"),
+    ("ConnectionRefusedError", "[Errno 111] Connection refused", "network.connection"),
+    ("ModuleNotFoundError", "No module named 'scipy'", "python.module-missing"),
+    ("ImportError", "cannot import name 'x' from 'y'", "python.module-missing"),
+    ("OSError", "[Errno 28] No space left on device", "disk.full"),
+    ("PermissionError", "[Errno 13] Permission denied: '/srv/results/x'", "permission.denied"),
+    ("FileNotFoundError", "[Errno 2] No such file or directory: '/opt/envs/reid/bin/python'",
+     "python.interpreter-missing"),
+    ("FileNotFoundError", "[Errno 2] No such file or directory: 'data/train.csv'", "data.missing"),
+    ("RuntimeError", "Dataset not found or corrupted. You can use download=True to download it", "data.missing"),
+    ("json.decoder.JSONDecodeError", "Expecting value: line 1 column 1 (char 0)", "config.error"),
+    ("KeyError", "'repo'", "config.error"),
+    ("ZeroDivisionError", "division by zero", None),
+]
+
+TEXT_RULES = [
+    ("ERROR: Python not found at /home/u/miniconda3/envs/reid/bin/python", "python.interpreter-missing"),
+    ("bash: line 1: conda: command not found", "python.interpreter-missing"),
+    ("event syntax error: 'power/energy-pkg/'", "perf.unavailable"),
+    ("bash: line 1: perf: command not found", "perf.unavailable"),
+    ("ERROR: CUDA out of memory while training", "cuda.oom"),
+    ("WARNING: no kernel image is available for execution on the device", "cuda.arch"),
+    ("WARNING: Found no NVIDIA driver on your system", "cuda.unavailable"),
+    ("Killed", "killed"),
+    ("./train.sh: line 12: 4242 Killed                  python train.py", "killed"),
+    ("Terminated", "interrupted"),
+    ("train.py: error: unrecognized arguments: --bogus 1", "config.error"),
+    ("train.py: error: argument --lr: invalid float value: 'fast'", "config.error"),
+    ("WARNING: cannot find the requested files in the local cache", "hub.cache-miss"),
+    ("tee: results.log: No space left on device", "disk.full"),
+    ("./train.sh: line 3: results/out.txt: Permission denied", "permission.denied"),
+    ("cat: data/train.csv: No such file or directory", "data.missing"),
+]
+
+
+@pytest.mark.parametrize("etype, msg, cause", EXCEPTION_RULES)
+def test_each_exception_rule_alone(etype, msg, cause):
+    got = cat.classify_exception(failures.ExceptionRecord(etype, msg, 0, None))
+    assert (got[0] if got else None) == cause
+
+
+@pytest.mark.parametrize("line, cause", TEXT_RULES)
+def test_each_text_rule_alone(line, cause):
+    assert cat.looks_like_exception(line) is None or cat.classify_exception(
+        failures.ExceptionRecord(*cat.looks_like_exception(line), 0, None)) is None
+    assert cat.text_rule(line) == cause
+
+
+def test_every_text_rule_and_every_exception_cause_has_its_case():
+    assert {cid for cid, _ in cat._TEXT_RULES} == {c for _, c in TEXT_RULES}
+    from_exceptions = {c for _, _, c in EXCEPTION_RULES if c}
+    assert from_exceptions >= set(cat.IDS) - {"hub.cache-miss.sudo-home", "cuda.oom.foreign-process", "perf.unavailable",
+                                              "timeout", "false-success", "metrics.not-extracted", "unknown"}

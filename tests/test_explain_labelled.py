@@ -354,3 +354,19 @@ def test_metrics_not_extracted_names_the_pattern_and_the_lines_that_hold_the_met
 def test_precision_counts_verdicts_that_rest_on_logs(labelled):
     report = labelled[3]
     assert report.precision == {"from_logs": len(report.explanations), "from_record": 0}
+
+
+ALL_NAMES = [c.name for c in _cases({"refused": "", "refused_port": 9, "blackhole": "", "hub": "", "proxy": "",
+                                      "tls": "https://x"}, Path("/locked"))]
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_each_labelled_case(labelled, name):
+    """Each variant pins its rule on its own (the score above tolerates a few misses)."""
+    cases, folders, got, _ = labelled
+    c = next((c for c in cases if c.name == name), None)
+    if c is None:
+        pytest.skip(f"{name} needs what this machine lacks (root, openssl or perf)")
+    e = got[folders[name]]
+    assert (e.status, e.cause_id) == (c.status, c.cause), (e.chain, c.output[-400:])
+    assert all("{" not in step for step in e.chain) and e.evidence

@@ -603,17 +603,23 @@ _TEXT_RULES: Tuple[Tuple[str, "re.Pattern[str]"], ...] = tuple(
     ))
 
 
+def text_rule(line: str) -> Optional[str]:
+    """Cause id of the first tool or shell message rule that matches the line (no exception rules)."""
+    for cid, rx in _TEXT_RULES:
+        if rx.search(line):
+            return cid
+    return None
+
+
 def classify_text(line: str) -> Optional[str]:
-    """Cause id for a log line that is not part of a traceback (shell and tool messages)."""
+    """Cause id for a log line that is not part of a traceback: an exception line by the exception
+    rules, else a tool or shell message by the text rules."""
     exc = looks_like_exception(line)
     if exc is not None:
         got = classify_exception(ExceptionRecord(exc[0], exc[1], 0, None))
         if got:
             return got[0]
-    for cid, rx in _TEXT_RULES:
-        if rx.search(line):
-            return cid
-    return None
+    return text_rule(line)
 
 
 def decisive(chain: Chain) -> Tuple[Optional[str], ExceptionRecord]:

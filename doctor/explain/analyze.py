@@ -301,7 +301,7 @@ class ExperimentAnalysis(FailureCauses, RecordInference, SuccessCheck, MetricsCh
             chain = tuple(self.pre_chain) + body + tuple(self.post_chain) + tail
             fix = tuple(dict.fromkeys(tuple(self.extra_fix) + cat.render_lines(rule.fix, self.facts)))
             title = cat.render_lines((rule.title,), self.facts) or (re.sub(r"\s*\([^)]*\{[^}]+\}[^)]*\)|\{[^}]+\}", "", rule.title),)
-            c = Cause(cid, title[0], round(min(1.0, max(0.0, conf)), 2))
+            c = Cause(cid, mask_text(title[0]), round(min(1.0, max(0.0, conf)), 2))
         else:
             chain = chain + tuple(self.post_chain)
         env = {k: v for k, v in as_dict(self.launch.get("env_set")).items() if isinstance(v, str)}
@@ -314,7 +314,7 @@ class ExperimentAnalysis(FailureCauses, RecordInference, SuccessCheck, MetricsCh
             mode="parallel" if self.parallel else "default",
             hyperparameters=dict(self.fg.get("hyperparameters") or {}), background=bg,
             duration=self.duration, timestamp=str(self.d.get("timestamp") or ""),
-            needs=self.need_uses(status, c), notes=tuple(self.notes),
+            needs=self.need_uses(status, c), notes=tuple(mask_text(n, env) for n in self.notes),
             basis="log" if any(v.file not in RECORD_FILES and not os.path.isabs(v.file) for v in ev) else "record")
 
     def need_uses(self, status: str, cause: Optional[Cause]) -> Tuple[NeedUse, ...]:

@@ -6,6 +6,7 @@ import os
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from core.secrets import mask_text
 from doctor.explain.model import (BLOCKED, FAILED, SUCCEEDED, SUSPICIOUS, BatchReport, Explanation)
 
 from core.vocab import FORMAT_VERSION
@@ -38,8 +39,20 @@ def to_json(report: BatchReport) -> Dict[str, Any]:
     }
 
 
+def masked(obj: Any) -> Any:
+    """A copy of a JSON-shaped value with every string masked (core.secrets): nothing explain
+    prints or writes shows a secret, whatever the logs and records held."""
+    if isinstance(obj, str):
+        return mask_text(obj)
+    if isinstance(obj, dict):
+        return {masked(k): masked(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [masked(v) for v in obj]
+    return obj
+
+
 def dumps(report: BatchReport, indent: Optional[int] = 2) -> str:
-    return json.dumps(to_json(report), indent=indent, ensure_ascii=False)
+    return json.dumps(masked(to_json(report)), indent=indent, ensure_ascii=False)
 
 
 # --------------------------------------------------------------------------- shared structure
@@ -151,7 +164,7 @@ def write_rerun(report: BatchReport, path: str) -> int:
     """Write the rerun settings file atomically; returns the number of entries."""
     from core.memo import write_atomic
 
-    data = rerun_settings(report)
+    data = masked(rerun_settings(report))
     write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return len(data["experiments"])
 
@@ -163,6 +176,11 @@ def _md_escape(s: str) -> str:
 
 
 def render_markdown(report: BatchReport, rerun_file: Optional[str] = None) -> str:
+    """The batch report as Markdown, secrets masked."""
+    return mask_text(_markdown(report, rerun_file))
+
+
+def _markdown(report: BatchReport, rerun_file: Optional[str] = None) -> str:
     L: List[str] = []
     L.append(f"# Failure report: {report.root}")
     L.append("")
@@ -283,6 +301,16 @@ def _conf_range(confs: Sequence[float]) -> str:
 
 # --------------------------------------------------------------------------- terminal
 
+class _MaskedConsole:
+    """A console whose printed text is masked (core.secrets) before it is shown."""
+
+    def __init__(self, console):
+        self._con = console
+
+    def print(self, *objects, **kw) -> None:
+        self._con.print(*(mask_text(o) if isinstance(o, str) else o for o in objects), **kw)
+
+
 def render_terminal(report: BatchReport, console=None, verbose: bool = False,
                     rerun_file: Optional[str] = None, markdown_file: Optional[str] = None) -> None:
     from rich.markup import escape
@@ -290,7 +318,7 @@ def render_terminal(report: BatchReport, console=None, verbose: bool = False,
 
     from doctor.render import report_console
 
-    con = console or report_console()
+    con = _MaskedConsole(console or report_console())
     con.print(f"[bold]mutation-doctor explain[/bold] {escape(report.root)}")
     groups = by_cause(report)
     for cid, members in groups.items():
@@ -336,7 +364,7 @@ def render_terminal(report: BatchReport, console=None, verbose: bool = False,
         for col in ("model", "weights", "from", "cache the run used", "present", "how we know", "n"):
             t.add_column(col, overflow="fold")
         for r in rows:
-            t.add_row(*(escape(str(x)) for x in r))
+            t.add_row(*(escape(mask_text(str(x))) for x in r))
         con.print()
         con.print(t)
     con.print()
