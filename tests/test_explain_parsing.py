@@ -211,7 +211,7 @@ def test_catalogue_recognises_exact_texts(text, expected):
 def test_catalogue_ids_are_the_issue_list():
     from core.failures import cause_ids
     assert cause_ids() == cat.IDS
-    assert set(cat.IDS) == {"network.connection", "metrics.not-extracted",
+    assert set(cat.IDS) == {"network.connection", "metrics.not-extracted", "disk.full",
         "hub.cache-miss", "hub.cache-miss.sudo-home", "hub.tls", "hub.timeout", "hub.connection", "hub.proxy",
         "hub.not-found", "torchhub.download", "cuda.oom", "cuda.oom.foreign-process", "cuda.arch",
         "cuda.unavailable", "python.module-missing", "python.interpreter-missing", "data.missing", "config.error",
