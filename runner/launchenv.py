@@ -241,14 +241,18 @@ OBSERVE_FOLDER = "observe"  # raw per-process lines, inside the experiment folde
 NEEDS_FILE = "needs.json"
 
 
-def observe(argv: Sequence[str], env: Mapping[str, str], exp_dir: str) -> Tuple[List[str], Dict[str, str]]:
+def observe(argv: Sequence[str], env: Mapping[str, str], exp_dir: str, tree=None) -> Tuple[List[str], Dict[str, str]]:
     """argv and environment of an experiment's child with the observer injected: its
     sitecustomize first on PYTHONPATH (it chains to the interpreter's own) and the folder it
-    writes to. A `sudo -n` prefix is told to preserve both variables."""
+    writes to (made through `tree`, the run folder's core.safefs.SafeTree, when given). A
+    `sudo -n` prefix is told to preserve both variables."""
     from observer import OBSERVE_DIR_VAR, SITE_DIR
 
     folder = os.path.join(exp_dir, OBSERVE_FOLDER)
-    os.makedirs(folder, exist_ok=True)
+    if tree is not None:
+        tree.mkdirs(os.path.join(os.path.basename(exp_dir), OBSERVE_FOLDER))
+    else:
+        os.makedirs(folder, exist_ok=True)
     out = dict(env)
     old = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p and p != SITE_DIR]
     out["PYTHONPATH"] = os.pathsep.join([SITE_DIR] + old)
@@ -272,10 +276,12 @@ def _preserve(argv: List[str], names: Sequence[str]) -> List[str]:
 
 
 def record_observation(ctx: DoctorContext, job, exp_dir: str, run_id: str, passed: bool,
-                       owner: Optional[tuple] = None, say: Callable[[str], None] = lambda _m: None) -> Optional[dict]:
+                       owner: Optional[tuple] = None, say: Callable[[str], None] = lambda _m: None,
+                       tree=None) -> Optional[dict]:
     """After an experiment: collect its processes' observations into `needs.json` beside
-    experiment.json and, when it passed, merge them into the needs lock. Returns the record's
-    `observed` summary (None when the experiment was not observed)."""
+    experiment.json (through `tree` when given) and, when it passed, merge them into the needs
+    lock (given to `owner` (uid, gid, ...) when created). Returns the record's `observed` summary
+    (None when the experiment was not observed)."""
     import shutil
 
     from core import needslock
@@ -287,7 +293,11 @@ def record_observation(ctx: DoctorContext, job, exp_dir: str, run_id: str, passe
         return None
     hasher = ctx.hashes.sha256 if ctx.hashes is not None else collect.sha256_file
     needs = collect.collect(folder, hasher)
-    write_atomic(os.path.join(exp_dir, NEEDS_FILE), needslock.dumps(needs).encode("utf-8"))
+    data = needslock.dumps(needs).encode("utf-8")
+    if tree is not None:
+        tree.replace(os.path.join(os.path.basename(exp_dir), NEEDS_FILE), data)
+    else:
+        write_atomic(os.path.join(exp_dir, NEEDS_FILE), data)
     shutil.rmtree(folder, ignore_errors=True)
     summary = collect.summary(needs)
     if passed and needs.get("observed"):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from observer import OBSERVE_DIR_VAR, SITE_DIR, collect
+from tests.support import caches
 
 PYENV = Path("/root/.pyenv/versions")
 
@@ -141,3 +142,45 @@ def test_dataloader_workers_local_folder_and_dataset(tmp_path, clean_env):
     (interp,) = needs["interpreters"]
     assert interp["observable"] and interp["torch"]["version"].startswith("2.") and interp["torch"]["arch_list"]
     assert needs["hub_files"] == [] and needs["checkpoints"] == [] and needs["hosts"] == []
+
+
+_DOWNLOAD = r'''
+import sys
+from huggingface_hub import hf_hub_download
+from safetensors.numpy import load_file
+path = hf_hub_download(sys.argv[1], "model.safetensors")
+print(sorted(load_file(path)))
+'''
+
+
+def test_a_file_downloaded_during_the_run_and_opened_by_native_code(tmp_path, clean_env, hub_server, tiny_weights):
+    from tests.support import TINY_REPO
+
+    cache = tmp_path / "hf"
+    env = caches.hub_env(hub_server.url, cache, base=clean_env)
+    p = _run([sys.executable, "-c", _DOWNLOAD, TINY_REPO], env, tmp_path, tmp_path / "obs")
+    assert p.returncode == 0, p.stderr[-2000:]
+    needs = collect.collect(str(tmp_path / "obs"))
+    (hf,) = needs["hub_files"]
+    assert (hf["repo"], hf["revision"], hf["file"]) == (TINY_REPO, "main", "model.safetensors")
+    assert hf["sha256"] == hashlib.sha256(tiny_weights).hexdigest() and hf["commit"] == hub_server.commit(TINY_REPO)
+    assert {h["host"] for h in needs["hosts"]} == {"127.0.0.1"}
+
+
+def test_a_process_ended_by_sigterm_keeps_what_it_used(tmp_path, clean_env):
+    import signal
+    import time
+
+    data = tmp_path / "data" / "set"
+    data.mkdir(parents=True)
+    (data / "a.csv").write_text("1,2\n")
+    code = "import sys, time\nopen(sys.argv[1]).read()\nprint('read', flush=True)\ntime.sleep(60)\n"
+    env = dict(clean_env, PYTHONPATH=SITE_DIR, **{OBSERVE_DIR_VAR: str(tmp_path / "obs")})
+    (tmp_path / "obs").mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", code, str(data / "a.csv")], env=env, cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "read\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == -signal.SIGTERM  # ended by the signal, as without the observer
+    needs = collect.collect(str(tmp_path / "obs"))
+    assert [f["relative"] for f in needs["folders"]] == ["data/set"]
