@@ -146,23 +146,6 @@ def _new_open(p, d, mode, flags):
     _emit({"t": "open", "path": path})
 
 
-def _on_open(args):
-    p = args[0]
-    if p.__class__ is not str:
-        if isinstance(p, int):
-            return
-        p = os.fsdecode(os.fspath(p))
-    i = p.rfind("/")
-    d = p[:i] if i > 0 else ("/" if i == 0 else "")
-    s = _dirs.get(d)
-    if s == "r":
-        if p.endswith(_WEIGHTS) and p not in _seen:
-            _new_open(p, d, args[1], args[2])
-        return
-    if s is None or s == "w" or p not in s:
-        _new_open(p, d, args[1], args[2])
-
-
 def _on_other(event, args):
     if event == "import":
         if not _state["torch"] and "torch" in sys.modules:
@@ -198,9 +181,23 @@ _OTHER = frozenset(("import", "mmap.__new__", "socket.connect", "socket.getaddri
 
 
 def _hook(event, args):
+    """Called by the interpreter for every audit event: the path of an already seen folder returns
+    after one dict lookup."""
     if event == "open":
         try:
-            _on_open(args)
+            p = args[0]
+            if p.__class__ is not str:
+                if isinstance(p, int):
+                    return
+                p = os.fsdecode(os.fspath(p))
+            i = p.rfind("/")
+            d = p[:i] if i > 0 else ("/" if i == 0 else "")
+            s = _dirs.get(d)
+            if s == "r":
+                if p.endswith(_WEIGHTS) and p not in _seen:
+                    _new_open(p, d, args[1], args[2])
+            elif s is None or s == "w" or p not in s:
+                _new_open(p, d, args[1], args[2])
         except Exception:
             pass
     elif event in _OTHER:
