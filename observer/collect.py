@@ -213,6 +213,13 @@ def _interpreters(lines: List[dict]) -> List[dict]:
     return [out[k] for k in sorted(out)]
 
 
+def _dot_entries(home: str) -> List[str]:
+    try:
+        return [n for n in os.listdir(home) if n.startswith(".")]
+    except OSError:
+        return [".cache", ".config", ".local"]
+
+
 def collect(folder: str, hasher: Optional[Callable[[str], str]] = None) -> dict:
     """`needs.json` for one experiment from its observer folder."""
     hasher = hasher or sha256_file
@@ -224,6 +231,8 @@ def collect(folder: str, hasher: Optional[Callable[[str], str]] = None) -> dict:
                 "hub_files": [], "checkpoints": [], "folders": [], "files": [], "hosts": [], "interpreters": []}
     prefixes = {folder}
     for r in procs:
+        if r.get("home"):  # the user's settings and caches (~/.cache, ~/.config, ~/.netrc, ...): not data
+            prefixes.update(os.path.join(r["home"], n) for n in _dot_entries(r["home"]))
         prefixes.update(x for x in (r.get("prefix"), r.get("base_prefix"), r.get("hf_cache"), r.get("torch_hub")) if x)
         if r.get("executable"):
             prefixes.add(os.path.dirname(os.path.dirname(os.path.realpath(r["executable"]))))

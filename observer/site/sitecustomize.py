@@ -263,7 +263,8 @@ def _start():
     rec = {"t": "process", "ppid": os.getppid(), "executable": sys.executable, "prefix": sys.prefix,
            "base_prefix": getattr(sys, "base_prefix", sys.prefix),
            "version": "%d.%d.%d" % tuple(sys.version_info[:3]), "cwd": os.getcwd(), "hf_cache": hf,
-           "torch_hub": torch_hub, "at": _now(), "run": os.environ.get("MUTATION_RUN_ID"), "observable": hasattr(sys, "addaudithook")}
+           "torch_hub": torch_hub, "at": _now(), "run": os.environ.get("MUTATION_RUN_ID"),
+           "home": os.environ.get("HOME"), "observable": hasattr(sys, "addaudithook")}
     if not rec["observable"]:
         rec["reason"] = "Python %s has no audit hooks (3.8+ needed)" % rec["version"]
         _emit(rec)
