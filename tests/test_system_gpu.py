@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from core import gpu as gpulib
-from checks import system
+from checks.system import gpu
 from doctor.engine import verdicts
 from core.model import FAIL, OK, WARN
 from tests.support import fake_nvidia_smi
@@ -169,7 +169,7 @@ def test_stray_process_of_an_earlier_batch_and_short_memory_block_only_gpu_exper
     stray = orphan(*SLEEPER, train)
     try:
         fake_nvidia_smi.write_state(bin_dir, gpu_state([listed(stray, 5632)]))
-        findings = as_list(system.check_gpu(ctx))
+        findings = as_list(gpu.check_gpu(ctx))
         ids = [e.id for e in ctx.plan.experiments]
         big, anyg, cpu, par = ids
         present = one(findings, "system.gpu.present")
@@ -198,7 +198,7 @@ def test_orphan_outside_the_project_warns_and_live_processes_are_information(smi
     ctx = make_ctx(tmp_path / "p", gpu_registry(), gpu_settings(), launch=launch_for(env=env))
     fake_nvidia_smi.write_state(bin_dir, gpu_state([listed(started["elsewhere"], 300), listed(started["child"], 100)],
                                                    used=400))
-    findings = as_list(system.check_gpu(ctx))
+    findings = as_list(gpu.check_gpu(ctx))
     stray = one(findings, "system.gpu.stray-process")
     assert stray.status == WARN and stray.experiments == () and f"kill {started['elsewhere'].pid}" in stray.fix[1]
     assert one(findings, "system.gpu.process").status == OK
@@ -209,12 +209,12 @@ def test_no_gpu_blocks_only_the_experiments_that_need_one(tmp_path):
     env = dict(os.environ, PATH="/usr/bin:/bin")
     assert gpulib.find_nvidia_smi(env) is None
     ctx = make_ctx(tmp_path / "p", gpu_registry(), gpu_settings(), launch=launch_for(env=env))
-    f = one(as_list(system.check_gpu(ctx)), "system.gpu.none")
+    f = one(as_list(gpu.check_gpu(ctx)), "system.gpu.none")
     assert f.status == FAIL and len(f.experiments) == 3 and f.fix
     v = {x.experiment.id: x.verdict for x in verdicts(ctx.plan.experiments, [f])}
     assert v[ctx.plan.experiments[2].id] == "pass"
     plain = make_ctx(tmp_path / "q", {"B": repo(["cpu"])}, settings(("B", "cpu")), launch=launch_for(env=env))
-    f = one(as_list(system.check_gpu(plain)), "system.gpu.none")
+    f = one(as_list(gpu.check_gpu(plain)), "system.gpu.none")
     assert f.status == OK and f.experiments == ()
 
 
@@ -222,7 +222,7 @@ def test_cuda_visible_devices_that_hides_every_gpu(smi, tmp_path):
     _, env = smi
     launch = launch_for(env=dict(env, CUDA_VISIBLE_DEVICES=""))
     ctx = make_ctx(tmp_path / "p", gpu_registry(), gpu_settings(), launch=launch)
-    f = one(as_list(system.check_gpu(ctx)), "system.gpu.none")
+    f = one(as_list(gpu.check_gpu(ctx)), "system.gpu.none")
     assert f.status == FAIL and "CUDA_VISIBLE_DEVICES" in f.detail and f.fix[0].startswith("unset CUDA_VISIBLE_DEVICES")
 
 
@@ -231,7 +231,7 @@ def test_nvidia_smi_that_fails(smi, tmp_path):
     fake_nvidia_smi.write_state(bin_dir, gpu_state(
         fail="Failed to initialize NVML: Driver/library version mismatch"))
     ctx = make_ctx(tmp_path / "p", gpu_registry(), gpu_settings(), launch=launch_for(env=env))
-    f = one(as_list(system.check_gpu(ctx)), "system.gpu.smi-failed")
+    f = one(as_list(gpu.check_gpu(ctx)), "system.gpu.smi-failed")
     assert f.status == FAIL and "Driver/library version mismatch" in f.detail and len(f.experiments) == 3
 
 
@@ -258,10 +258,10 @@ def test_the_doctor_cli_reports_the_stray_process(smi, tmp_path):
 def test_nvidia_smi_off_the_launch_path_is_still_found(smi, tmp_path, monkeypatch):
     """sudo's secure_path may lack the driver's folder: CUDA still works, the GPU is still there."""
     bin_dir, _ = smi
-    monkeypatch.setattr(system, "SMI_FALLBACK_DIRS", (str(bin_dir),))
+    monkeypatch.setattr(gpu, "SMI_FALLBACK_DIRS", (str(bin_dir),))
     launch = launch_for(env=dict(os.environ, PATH="/usr/bin:/bin"))
     ctx = make_ctx(tmp_path / "p", gpu_registry(), gpu_settings(), launch=launch)
-    findings = as_list(system.check_gpu(ctx))
+    findings = as_list(gpu.check_gpu(ctx))
     assert one(findings, "system.gpu.present").status == OK
     off = one(findings, "system.gpu.smi-not-on-path")
     assert off.status == WARN and off.fix == (f"sudo ln -s {bin_dir}/nvidia-smi /usr/local/bin/nvidia-smi",)

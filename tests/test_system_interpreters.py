@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from checks import system
+from checks.system import interpreters
 from core.model import FAIL, OK, WARN
 from tests.support import fake_nvidia_smi
 from tests.test_system_support import VENV_PYTHON, as_list, launch_for, make_ctx, one, repo, settings
@@ -50,7 +50,7 @@ def test_real_interpreters_without_a_gpu(tmp_path):
     ctx = make_ctx(tmp_path / "p", registry(tmp_path), plan(), launch=launch_for(env=env))
     ids = {e.repo: e.id for e in ctx.plan.experiments}
     t0 = time.monotonic()
-    findings = as_list(system.check_interpreters(ctx))
+    findings = as_list(interpreters.check_interpreters(ctx))
     elapsed = time.monotonic() - t0
     ok = one(findings, "system.interpreter.ok")
     assert ok.experiments == (ids["vision"],) and ok.status == OK
@@ -66,7 +66,7 @@ def test_real_interpreters_without_a_gpu(tmp_path):
     assert missing.fix[0] == "conda create -y -n oast python=3.10"
     # with the cache group selected too, the missing interpreter is reported there, once
     both = make_ctx(tmp_path / "p", registry(tmp_path), plan(), launch=launch_for(env=env), groups=("cache", "system"))
-    assert not [f for f in as_list(system.check_interpreters(both)) if f.id == "system.interpreter.missing"]
+    assert not [f for f in as_list(interpreters.check_interpreters(both)) if f.id == "system.interpreter.missing"]
     assert elapsed < 60
 
 
@@ -84,8 +84,8 @@ def test_architecture_and_driver_against_the_gpu(tmp_path, venv_arch):
     env.pop("CUDA_VISIBLE_DEVICES", None)
     ctx = make_ctx(tmp_path / "p", {"vision": registry(tmp_path)["vision"]}, settings(("vision", "hrnet")),
                    launch=launch_for(env=env))
-    findings = as_list(system.check_interpreters(ctx))
-    assert system.arch_supported(venv_arch, "8.6") and not system.arch_supported(venv_arch, "3.7")
+    findings = as_list(interpreters.check_interpreters(ctx))
+    assert interpreters.arch_supported(venv_arch, "8.6") and not interpreters.arch_supported(venv_arch, "3.7")
     arch = one(findings, "system.interpreter.arch")
     assert arch.status == FAIL and "GPU 1 Tesla K80 (sm_37)" in arch.title
     assert arch.data["modules"]["torch"]["arch"] == venv_arch
@@ -108,7 +108,7 @@ def test_architecture_and_driver_against_the_gpu(tmp_path, venv_arch):
     (["sm_75", "sm_80"], "7.0", False),
 ])
 def test_arch_supported(arch, cap, ok):
-    assert system.arch_supported(arch, cap) is ok
+    assert interpreters.arch_supported(arch, cap) is ok
 
 
 def test_an_interpreter_that_hangs_or_fails(tmp_path, monkeypatch):
@@ -119,12 +119,12 @@ def test_an_interpreter_that_hangs_or_fails(tmp_path, monkeypatch):
         p.parent.mkdir()
         p.write_text("#!/bin/sh\n" + body)
         p.chmod(0o755)
-    monkeypatch.setattr(system, "PROBE_TIMEOUT", 1.0)
+    monkeypatch.setattr(interpreters, "PROBE_TIMEOUT", 1.0)
     models = {"h": repo(["m"], {"*": [{"python": str(hang)}]}), "b": repo(["m"], {"*": [{"python": str(broken)}]})}
     ctx = make_ctx(tmp_path / "p", models, settings(("h", "m"), ("b", "m")),
                    launch=launch_for(env=dict(os.environ, PATH="/usr/bin:/bin")))
     t0 = time.monotonic()
-    findings = as_list(system.check_interpreters(ctx))
+    findings = as_list(interpreters.check_interpreters(ctx))
     assert time.monotonic() - t0 < 5  # concurrently, each bounded
     timeout = one(findings, "system.interpreter.timeout")
     assert timeout.status == WARN and timeout.data["python"] == str(hang)
@@ -134,7 +134,7 @@ def test_an_interpreter_that_hangs_or_fails(tmp_path, monkeypatch):
 
 def test_no_python_needs_means_no_probe(tmp_path):
     ctx = make_ctx(tmp_path / "p", {"r": repo(["m"])}, settings(("r", "m")))
-    assert system.check_interpreters(ctx) is None
+    assert interpreters.check_interpreters(ctx) is None
 
 
 def test_probe_answers_are_kept_until_the_environment_changes(tmp_path):
@@ -153,7 +153,7 @@ def test_probe_answers_are_kept_until_the_environment_changes(tmp_path):
     def run():
         ctx = make_ctx(tmp_path / "p", models, settings(("r", "m")), launch=launch_for(env=env),
                        memo_dir=tmp_path / "memo")
-        return one(as_list(system.check_interpreters(ctx)), "system.interpreter.no-torch")
+        return one(as_list(interpreters.check_interpreters(ctx)), "system.interpreter.no-torch")
 
     first = run()
     assert log.read_text().count("started") == 1

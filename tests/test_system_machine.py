@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from checks import system
+from checks.system import disk, energy, governor
 from core.model import FAIL, OK, WARN
 from tests.test_system_support import as_list, launch_for, make_ctx, one, repo, settings, throwaway_user  # noqa: F401
 
@@ -39,7 +39,7 @@ def real_perf_stat():
 
 def test_energy_finding_matches_what_perf_really_does_here(tmp_path):
     ctx = make_ctx(tmp_path / "p", {"B": repo(["b1"])}, settings(("B", "b1"), governor="performance"))
-    findings = as_list(system.check_energy(ctx))
+    findings = as_list(energy.check_energy(ctx))
     real = real_perf_stat()
     ids = (ctx.plan.experiments[0].id,)
     if real is None:
@@ -70,34 +70,34 @@ def fail_or_ok_matches_paranoid(findings):
 
 def test_energy_is_information_when_the_plan_does_not_measure_it(tmp_path):
     ctx = make_ctx(tmp_path / "p", {"B": repo(["b1"])}, settings(("B", "b1")))
-    assert system.energy_request(ctx)[0] is False
-    findings = as_list(system.check_energy(ctx))
+    assert energy.energy_request(ctx)[0] is False
+    findings = as_list(energy.check_energy(ctx))
     assert findings and all(f.status == OK and not f.experiments for f in findings)
     off = make_ctx(tmp_path / "q", {"B": repo(["b1"])}, settings(("B", "b1"), governor="performance",
                                                                   measure_energy=False))
-    assert system.energy_request(off)[0] is False
+    assert energy.energy_request(off)[0] is False
 
 
 def test_registry_flag_asks_only_for_its_repo(tmp_path):
     ctx = make_ctx(tmp_path / "p", models(), plan())
-    asked, ids, why = system.energy_request(ctx)
+    asked, ids, why = energy.energy_request(ctx)
     assert asked and ids == tuple(e.id for e in ctx.plan.experiments if e.repo == "A") and "measure_energy" in why
     # a repo that says false is left out even when the settings' "governor" asks for the others
     no = make_ctx(tmp_path / "q", {"A": repo(["a1"], measure_energy=False), "B": repo(["b1"])},
                   settings(("A", "a1"), ("B", "b1"), governor="performance"))
-    assert system.energy_request(no)[1] == (no.plan.experiments[1].id,)
+    assert energy.energy_request(no)[1] == (no.plan.experiments[1].id,)
     demo = make_ctx(tmp_path / "r", {"A": repo(["a1"], measure_energy=False)},
                     settings(("A", "a1"), governor="performance"))
-    asked, ids, why = system.energy_request(demo)
+    asked, ids, why = energy.energy_request(demo)
     assert not asked and ids == () and "false" in why
-    assert all(f.status == OK and not f.experiments for f in as_list(system.check_energy(demo)))
+    assert all(f.status == OK and not f.experiments for f in as_list(energy.check_energy(demo)))
 
 
 def test_perf_and_bc_missing_from_the_launch_path(tmp_path):
     empty = tmp_path / "bin"
     empty.mkdir()
     ctx = make_ctx(tmp_path / "p", models(), plan(), launch=launch_for(env=dict(os.environ, PATH=str(empty))))
-    findings = as_list(system.check_energy(ctx))
+    findings = as_list(energy.check_energy(ctx))
     a_ids = tuple(e.id for e in ctx.plan.experiments if e.repo == "A")
     for fid in ("system.energy.perf-missing", "system.energy.bc-missing"):
         f = one(findings, fid)
@@ -114,7 +114,7 @@ def test_perf_wrapper_without_perf_for_the_running_kernel(tmp_path):
     wrapper.chmod(0o755)
     os.symlink(shutil.which("bc") or "/bin/true", bin_dir / "bc")
     ctx = make_ctx(tmp_path / "p", models(), plan(), launch=launch_for(env=dict(os.environ, PATH=str(bin_dir))))
-    f = one(as_list(system.check_energy(ctx)), "system.energy.perf-kernel")
+    f = one(as_list(energy.check_energy(ctx)), "system.energy.perf-kernel")
     release = os.uname().release
     assert f.status == FAIL and f"linux-perf-{'.'.join(release.split('.')[:2])} is not installed" in f.detail
 
@@ -122,7 +122,7 @@ def test_perf_wrapper_without_perf_for_the_running_kernel(tmp_path):
 @pytest.mark.skipif(not IS_ROOT, reason="running perf as another user needs root")
 def test_perf_is_run_as_the_launch_user(tmp_path, throwaway_user):
     ctx = make_ctx(tmp_path / "p", models(), plan(), launch=launch_for(user=throwaway_user))
-    findings = as_list(system.check_energy(ctx))
+    findings = as_list(energy.check_energy(ctx))
     stat = next(f for f in findings if f.id in ("system.energy.ok", "system.energy.rapl-missing",
                                                 "system.energy.rapl-unreadable"))
     assert f"as {throwaway_user}" in stat.detail or f"as {throwaway_user}" in stat.title
@@ -135,7 +135,7 @@ def test_perf_is_run_as_the_launch_user(tmp_path, throwaway_user):
 
 def test_governor_matches_this_machine(tmp_path):
     ctx = make_ctx(tmp_path / "p", models(), plan(governor="performance"))
-    f = system.check_governor(ctx)
+    f = governor.check_governor(ctx)
     freq = glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq")
     if not freq:
         assert f.id == "system.governor.unavailable" and f.status == WARN
@@ -151,7 +151,7 @@ def test_governor_matches_this_machine(tmp_path):
 
 
 def test_no_governor_requested_means_nothing_to_say(tmp_path):
-    assert system.check_governor(make_ctx(tmp_path / "p", models(), plan())) is None
+    assert governor.check_governor(make_ctx(tmp_path / "p", models(), plan())) is None
 
 
 def fake_cpufreq(base, n=2, available="performance powersave", current="powersave", mode=0o644):
@@ -166,12 +166,12 @@ def fake_cpufreq(base, n=2, available="performance powersave", current="powersav
 
 
 def test_governor_branches_on_a_cpufreq_layout(tmp_path, monkeypatch):
-    monkeypatch.setattr(system, "CPU_SYSFS", str(fake_cpufreq(tmp_path / "cpu")))
+    monkeypatch.setattr(governor, "CPU_SYSFS", str(fake_cpufreq(tmp_path / "cpu")))
     ctx = make_ctx(tmp_path / "p", models(), plan(governor="performance"))
-    f = system.check_governor(ctx)
+    f = governor.check_governor(ctx)
     assert f.id == "system.governor.ok" and f.data["current"] == ["powersave"] and f.data["cpus"] == 2
     ctx = make_ctx(tmp_path / "q", models(), plan(governor="schedutil"))
-    f = system.check_governor(ctx)
+    f = governor.check_governor(ctx)
     assert f.id == "system.governor.not-available"
     assert f.fix[0] == "sudo modprobe cpufreq_schedutil  # if it is a module"
 
@@ -180,9 +180,9 @@ def test_governor_branches_on_a_cpufreq_layout(tmp_path, monkeypatch):
 def test_governor_not_settable_by_a_plain_launch_user(tmp_path, monkeypatch, throwaway_user):
     base = fake_cpufreq(tmp_path / "cpu")
     os.chmod(tmp_path, 0o755)
-    monkeypatch.setattr(system, "CPU_SYSFS", str(base))
+    monkeypatch.setattr(governor, "CPU_SYSFS", str(base))
     ctx = make_ctx(tmp_path / "p", models(), plan(governor="performance"), launch=launch_for(user=throwaway_user))
-    f = system.check_governor(ctx)
+    f = governor.check_governor(ctx)
     assert f.id == "system.governor.not-settable" and f.status == WARN
     assert f.fix[0].startswith(("sudo cpupower frequency-set -g performance", "echo performance | sudo tee"))
     # what the check says, the user experiences: writing the file is refused
@@ -195,7 +195,7 @@ def test_governor_not_settable_by_a_plain_launch_user(tmp_path, monkeypatch, thr
 
 def test_disk_reports_this_filesystem(tmp_path):
     ctx = make_ctx(tmp_path / "p", models(), plan())
-    findings = as_list(system.check_disk(ctx))
+    findings = as_list(disk.check_disk(ctx))
     v = os.statvfs(tmp_path)
     free = v.f_bfree * v.f_frsize  # we launch as root: reserved blocks count
     ok = [f for f in findings if f.id == "system.disk.ok"]
@@ -203,7 +203,7 @@ def test_disk_reports_this_filesystem(tmp_path):
         pytest.skip(f"this machine is short of disk: {[f.title for f in findings]}")
     f = next(f for f in ok if os.path.join(str(tmp_path / "p"), "results") in f.data["paths"])
     assert abs(f.data["free_bytes"] - free) < 256 * 1024 * 1024
-    assert f.data["need_bytes"] == system.DISK_MARGIN + 3 * system.RESULTS_PER_EXPERIMENT  # no weights to fetch
+    assert f.data["need_bytes"] == disk.DISK_MARGIN + 3 * disk.RESULTS_PER_EXPERIMENT  # no weights to fetch
 
 
 @pytest.fixture
@@ -228,12 +228,12 @@ def test_disk_low_and_few_inodes_on_a_real_small_filesystem(small_fs, tmp_path):
         settings(("B", "b1"), ("C", "weights")),
         launch=launch_for(env=dict(os.environ, HOME=str(small_fs / "home"), TORCH_HOME=str(small_fs / "torch"))),
         memo_dir=tmp_path / "memo")
-    findings = as_list(system.check_disk(ctx))
+    findings = as_list(disk.check_disk(ctx))
     low = [f for f in findings if f.id == "system.disk.low"]
     assert len(low) == 1 and low[0].status == FAIL and len(low[0].experiments) == 2
     assert "timm/hrnet_w18.ms_aug_in1k" in low[0].detail  # the missing weights count, at their size
-    assert low[0].data["need_bytes"] == (system.DISK_MARGIN + 2 * system.RESULTS_PER_EXPERIMENT
-                                         + system.KNOWN_WEIGHTS["timm/hrnet_w18.ms_aug_in1k"])
+    assert low[0].data["need_bytes"] == (disk.DISK_MARGIN + 2 * disk.RESULTS_PER_EXPERIMENT
+                                         + disk.KNOWN_WEIGHTS["timm/hrnet_w18.ms_aug_in1k"])
     assert low[0].fix[0] == f"df -h {small_fs}"
     inodes = one(findings, "system.disk.inodes")
     assert inodes.status == FAIL and inodes.data["free_inodes"] <= 2000

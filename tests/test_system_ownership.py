@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from checks import system
+from checks.system import mounts, ownership
 from doctor.engine import verdicts
 from core.model import FAIL, OK, WARN
 from tests.test_system_support import as_list, launch_for, make_ctx, one, repo, settings, throwaway_user  # noqa: F401
@@ -86,7 +86,7 @@ def test_root_owned_files_seen_by_the_user_who_cannot_change_them(project):
     root, user, paths = project
     launch = launch_for(user=user, env=dict(os.environ, HOME="/nonexistent"))
     ctx = make_ctx(root, models(), settings(("reid", "pcb"), ("mnist", "mnist")), launch=launch)
-    findings = as_list(system.check_ownership(ctx))
+    findings = as_list(ownership.check_ownership(ctx))
     by_root = {f.data["root"]: f for f in findings}
     results, reid = by_root[str(root / "results")], by_root[str(root / "repos" / "reid")]
     assert set(by_root) == {str(root / "results"), str(root / "repos" / "reid")}
@@ -106,7 +106,7 @@ def test_root_owned_files_seen_by_the_user_who_cannot_change_them(project):
     # the fix, run the way sudo would run it, gives everything back
     for f in findings:
         subprocess.run(shlex.split(f.fix[0])[1:], check=True)
-    assert one(as_list(system.check_ownership(ctx)), "system.ownership.ok").status == OK
+    assert one(as_list(ownership.check_ownership(ctx)), "system.ownership.ok").status == OK
     assert as_user(user, paths["npy"])["deleted"] is True
 
 
@@ -116,10 +116,10 @@ def test_under_sudo_root_owned_files_only_warn_and_the_walk_is_bounded(project, 
     many.mkdir()
     for i in range(120):
         (many / f"f{i}.csv").write_text("")
-    monkeypatch.setattr(system, "OWNERSHIP_LIMIT", 50)
+    monkeypatch.setattr(ownership, "OWNERSHIP_LIMIT", 50)
     launch = launch_for(user="root", invoking=user, env=dict(os.environ, HOME="/root"))
     ctx = make_ctx(root, models(), settings(("reid", "pcb")), launch=launch)
-    findings = as_list(system.check_ownership(ctx))
+    findings = as_list(ownership.check_ownership(ctx))
     results = next(f for f in findings if f.data["root"] == str(root / "results"))
     assert results.status == WARN and results.experiments == ()
     assert results.data["truncated"] and results.data["seen"] == 50 and "stopped after 50 entries" in results.detail
@@ -127,7 +127,7 @@ def test_under_sudo_root_owned_files_only_warn_and_the_walk_is_bounded(project, 
 
 
 def test_nothing_to_say_when_the_invoking_user_is_root(tmp_path):
-    assert system.check_ownership(make_ctx(tmp_path / "p", models(), settings(("reid", "pcb")))) is None
+    assert ownership.check_ownership(make_ctx(tmp_path / "p", models(), settings(("reid", "pcb")))) is None
 
 
 # --------------------------------------------------------------------------------------------- mounts
@@ -143,16 +143,16 @@ def test_dataset_on_an_fstab_mount_point_that_is_not_mounted(tmp_path, monkeypat
     fstab.write_text(f"# <file system> <mount point> <type> <options> <dump> <pass>\n"
                      f"UUID=0a1b /  ext4 defaults 0 1\n"
                      f"tmpfs {mp} tmpfs size=8m,noauto 0 0\n/swapfile none swap sw 0 0\n")
-    monkeypatch.setattr(system, "FSTAB", str(fstab))
+    monkeypatch.setattr(mounts, "FSTAB", str(fstab))
     dataset = mp / "Market-1501"
     ctx = make_ctx(tmp_path / "p", dataset_models(dataset), settings(("reid", "pcb")))
-    f = one(as_list(system.check_dataset_mounts(ctx)), "system.mount.missing")
+    f = one(as_list(mounts.check_dataset_mounts(ctx)), "system.mount.missing")
     assert f.status == FAIL and f.experiments == (ctx.plan.experiments[0].id,) and f.fix == (f"sudo mount {mp}",)
     # mount it for real (what `sudo mount` does with that fstab line): now it is fine
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mp)], check=True)
     try:
         dataset.mkdir()
-        assert one(as_list(system.check_dataset_mounts(ctx)), "system.mount.ok").data["paths"] == [str(dataset)]
+        assert one(as_list(mounts.check_dataset_mounts(ctx)), "system.mount.ok").data["paths"] == [str(dataset)]
     finally:
         subprocess.run(["umount", str(mp)], check=True)
 
@@ -179,7 +179,7 @@ def test_dataset_on_a_mount_that_does_not_answer(hung_mount, tmp_path):
     dataset = hung_mount / "cifar10"
     ctx = make_ctx(tmp_path / "p", dataset_models(dataset), settings(("reid", "pcb")), timeout=1.0)
     t0 = time.monotonic()
-    f = one(as_list(system.check_dataset_mounts(ctx)), "system.mount.stale")
+    f = one(as_list(mounts.check_dataset_mounts(ctx)), "system.mount.stale")
     assert time.monotonic() - t0 < 3
     assert f.status == FAIL and f.data["mount_point"] == str(hung_mount) and "no answer within 1 s" in f.detail
     assert "deadserver:/export fuse" in f.detail
