@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from core.safefs import Owner, SafeTree
 from core.secrets import mask_text
+from core.vocab import BLOCKED, PASS, UNVERIFIED
 from runner import gpuwatch
 from runner.backends.base import TOKEN_VAR, Backend, JobSpec
 from runner.command import side_command
@@ -30,6 +31,8 @@ from runner.results import STATUSES, Journal, experiment_record, journal_state, 
 
 BG_LOG = "background.log"
 SUMMARY_EVERY = 1.0
+UNVERIFIED_RAN = ("preflight could not verify this experiment (none of its needs could be established); "
+                  "it ran anyway: mutation-run --strict holds such experiments back")
 NO_METRIC = "trained nothing? exit code 0 but none of the registry's log_patterns ({}) matched the log"
 
 
@@ -46,6 +49,7 @@ class Options:
     stream: bool = True
     json_out: bool = False
     backend: str = "local"
+    strict: bool = False  # verdict unverified is held back too
 
 
 @dataclass
@@ -74,6 +78,12 @@ class JobPlan:
     warnings: List[str]
     measured: bool
     timestamp: str
+
+
+def held_back(verdict: str, require_preflight: bool, strict: bool) -> bool:
+    """Whether the gate keeps an experiment of this verdict from starting: blocked ones under
+    --require-preflight, unverified ones too under --strict (which implies --require-preflight)."""
+    return require_preflight and (verdict == BLOCKED or (strict and verdict == UNVERIFIED))
 
 
 def user_timestamp() -> str:
@@ -291,13 +301,17 @@ class Batch:
         pf = self.preflights[job.id]
         self.tree.mkdirs(job.id)
         plan = self._plan(job)
-        if pf.verdict == "blocked" and self.opt.require_preflight:
+        if held_back(pf.verdict, self.opt.require_preflight, self.opt.strict):
             return self._record_blocked(i, total, job, plan)
+        if pf.verdict == UNVERIFIED:
+            plan.warnings.append(UNVERIFIED_RAN)
         extra = self._gpu_before(job, plan.warnings) if self.backend.same_machine else {}
         if self.stop.requested:
             return None  # stopped while waiting for the GPU: not started, --resume runs it
         shown = " ".join(shlex.quote(a) for a in plan.spec.argv)
-        note = "" if pf.verdict == "pass" else f" (preflight: blocked by {', '.join(pf.blocked_by)}; running anyway)"
+        note = {PASS: "", UNVERIFIED: " (preflight: unverified, none of its needs could be established; "
+                                      "running it: no --strict)"}.get(
+            pf.verdict, f" (preflight: blocked by {', '.join(pf.blocked_by)}; running anyway)")
         self.say(f"[{i}/{total}] {job.id}: {mask_text(shown, plan.spec.env)}{note}", rule=True)
         self.journal.write("experiment-start", experiment_id=job.id, argv=list(plan.spec.argv), cwd=plan.spec.cwd)
         t_start = time.monotonic()
@@ -335,13 +349,18 @@ class Batch:
 
     def _record_blocked(self, i: int, total: int, job: Job, plan: "JobPlan") -> Outcome:
         pf = self.preflights[job.id]
-        self.say(f"[{i}/{total}] {job.id}: blocked by {', '.join(pf.blocked_by)}", fixes=pf.fixes())
+        why = "blocked by " + ", ".join(pf.blocked_by)
+        if pf.verdict == UNVERIFIED:
+            why = "unverified (none of its needs could be established), held back by --strict" + (
+                f": {', '.join(pf.blocked_by)}" if pf.blocked_by else "")
+        self.say(f"[{i}/{total}] {job.id}: {why}", fixes=pf.fixes())
         rec = experiment_record(job=job, status="blocked", timestamp=plan.timestamp, duration=0.0, exit_code=None,
-                                attempts=[], metrics={}, error_message="blocked by preflight: " + ", ".join(pf.blocked_by),
+                                attempts=[], metrics={}, error_message="preflight: " + why if pf.verdict == UNVERIFIED
+                                else "blocked by preflight: " + ", ".join(pf.blocked_by),
                                 error_excerpt=[], preflight=pf.record(), launch=plan.launch, warnings=plan.warnings)
         self.journal.write("experiment-end", experiment_id=job.id, status="blocked", blocked_by=list(pf.blocked_by))
         self._write(job, rec)
-        return Outcome(job.id, "blocked", pf.verdict, reason=", ".join(pf.blocked_by))
+        return Outcome(job.id, "blocked", pf.verdict, reason=", ".join(pf.blocked_by) or why)
 
     def _gpu_before(self, job: Job, warnings: List[str]) -> Dict[str, object]:
         """GPU processes not ours (recorded), and with --wait-for-gpu, wait for the memory the experiment declares."""

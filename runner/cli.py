@@ -14,6 +14,7 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
+from core.vocab import FAIL, UNVERIFIED
 from runner.results import FORMAT_VERSION, STATUSES
 
 
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(p)  # -ec, --models-config, --project-root, --launch, --only (its --timeout is replaced below)
     p.add_argument("--require-preflight", action="store_true",
                    help="do not start experiments the doctor blocks (they are recorded as blocked, with the fixes)")
+    p.add_argument("--strict", action="store_true",
+                   help="also hold back experiments the doctor could not verify (verdict unverified: none of their needs "
+                        "could be established); implies --require-preflight")
     p.add_argument("--dry-run", action="store_true",
                    help="print each experiment's verdict, exact command and environment changes; run nothing")
     p.add_argument("--results-dir", metavar="DIR", help="where run_<ts>/ folders go (default: PROJECT_ROOT/results)")
@@ -95,7 +99,9 @@ def _options_from(args, manifest: Optional[dict]):
             return value
         return saved.get(name, default)
 
-    return Options(require_preflight=bool(args.require_preflight or saved.get("require_preflight", False)),
+    strict = bool(getattr(args, "strict", False) or saved.get("strict", False))
+    return Options(require_preflight=bool(args.require_preflight or strict or saved.get("require_preflight", False)),
+                   strict=strict,
                    timeout=pick("timeout", None), grace=float(pick("grace", 10.0)),
                    max_retries=int(pick("max_retries", -1)), retry_delay=float(pick("retry_delay", 10.0)),
                    wait_for_gpu=float(pick("wait_for_gpu", 0.0)), stream=not args.quiet, json_out=args.json,
@@ -115,19 +121,6 @@ def _check_args(args) -> None:
         raise UsageError("--resume and --dry-run cannot be combined")
 
 
-def _load_manifest(run_dir: str) -> dict:
-    from doctor.cli import UsageError
-    from runner.results import read_json
-
-    path = os.path.join(run_dir, "run.json")
-    if not os.path.isdir(run_dir):
-        raise UsageError(f"--resume {run_dir}: not a folder")
-    m = read_json(path)
-    if not isinstance(m, dict) or "experiments" not in m:
-        raise UsageError(f"--resume {run_dir}: no readable run.json (not a mutation-run results folder?)")
-    return m
-
-
 def _context(args, manifest: Optional[dict]):
     from doctor.cli import make_context
 
@@ -143,6 +136,7 @@ def _context(args, manifest: Optional[dict]):
 
 
 def _dry_run(args, ctx, jobs, preflights, seed, energy, extra: Optional[dict] = None) -> int:
+    from runner import batch
     from runner.command import side_command
 
     items = []
@@ -159,7 +153,7 @@ def _dry_run(args, ctx, jobs, preflights, seed, energy, extra: Optional[dict] = 
         items.append({"id": job.id, "mode": job.experiment.mode, "repo": job.foreground.repo, "model": job.foreground.model,
                       "hyperparameters": dict(job.foreground.hyperparameters), "verdict": pf.verdict,
                       "blocked_by": list(pf.blocked_by), "fix": pf.fixes(),
-                      "would_run": pf.verdict == "pass" or not args.require_preflight,
+                      "would_run": not batch.held_back(pf.verdict, args.require_preflight or args.strict, args.strict),
                       "argv": rec["argv"], "cwd": cwd, "env_set": rec["env_set"], "env_dropped": rec["env_dropped"],
                       "hf_cache": rec["hf_cache"], "torch_hub": rec["torch_hub"], "offline": rec["offline"],
                       "background": bg, "warnings": list(job.warnings),
@@ -198,7 +192,38 @@ def _dry_run(args, ctx, jobs, preflights, seed, energy, extra: Optional[dict] = 
         w(f"\n{len(items) - blocked} of {len(items)} can run, {blocked} blocked\n")
         if extra and extra.get("sbatch_script"):
             w("\nsbatch script (one array task per experiment):\n" + extra["sbatch_script"])
-    return 1 if blocked else 0
+    return 1 if blocked or not items else 0
+
+
+def _refuse_invalid(args, ctx) -> None:
+    """Every value the runner will use is valid before anything starts (core.validate, the
+    validator of the doctor's settings check): else one line per problem, exit 2."""
+    from core.validate import MAX_EXPERIMENTS, InvalidInput, check_inputs
+
+    problems = check_inputs(ctx.plan.file, ctx.registry.path, getattr(args, "max_experiments", None) or MAX_EXPERIMENTS)
+    if problems:
+        raise InvalidInput(problems)
+
+
+def _settings_gate(args, ctx, jobs, options, say) -> Optional[int]:
+    """None to go on; else the exit code (1) of a batch held back before anything is written:
+    under --require-preflight the settings file fails a check, or there is nothing to run."""
+    failing = [f for f in ctx.plan.findings if f.status == FAIL]
+    for f in failing:
+        say(f"settings: {f.title} ({f.detail})", fixes=f.fix)
+    if options.require_preflight and failing:
+        why = f"the settings file fails {len(failing)} check(s) and --require-preflight holds the batch back"
+    elif not jobs:
+        why = "the settings file yields no experiment to run" + (f" ({len(failing)} failing check(s))" if failing else "")
+    else:
+        return None
+    say(f"nothing run: {why}")
+    if args.json:
+        json.dump({"format_version": FORMAT_VERSION, "run_dir": None, "exit_code": 1, "held_back": why,
+                   "settings_failures": [f.id for f in failing], "counts": {s: 0 for s in STATUSES},
+                   "not_started": len(jobs), "experiments": []}, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    return 1
 
 
 def run(args) -> int:
@@ -210,11 +235,12 @@ def run(args) -> int:
     from runner.energy import EnergyPlan
     from runner.energy import plan as energy_plan
     from runner.launchenv import preflight
+    from runner.manifest import load_manifest
     from runner.results import write_json
 
     _check_args(args)
     started = time.time()
-    manifest = _load_manifest(os.path.abspath(args.resume)) if args.resume else None
+    manifest = load_manifest(os.path.abspath(args.resume)) if args.resume else None
     if manifest is None and not args.settings:
         raise UsageError("-ec FILE is required (the settings file of the batch), or --resume RUN_DIR")
     ctx, ns = _context(args, manifest)
@@ -233,6 +259,10 @@ def run(args) -> int:
     options = _options_from(args, manifest)
     if options.max_retries < 0:
         options.max_retries = ctx.plan.max_retries
+    _refuse_invalid(args, ctx)
+    held = None if args.dry_run else _settings_gate(args, ctx, jobs, options, say)
+    if held is not None:
+        return held
 
     quiet_progress = (lambda _m: None) if (args.json and args.dry_run) else say
     base_report, preflights = preflight(ctx, [j.experiment for j in jobs], progress=quiet_progress)
@@ -270,15 +300,19 @@ def run(args) -> int:
             "created_epoch": started, "experiment_name": ctx.plan.name, "settings_file": ctx.plan.file,
             "models_config": ctx.registry.path, "project_root": ctx.options.project_root, "launch": ns.launch,
             "only": ns.only, "probe_timeout": ns.timeout, "seed": seed,
-            "options": {"require_preflight": options.require_preflight, "timeout": options.timeout, "grace": options.grace,
+            "options": {"require_preflight": options.require_preflight, "strict": options.strict,
+                        "timeout": options.timeout, "grace": options.grace,
                         "max_retries": options.max_retries, "retry_delay": options.retry_delay,
                         "wait_for_gpu": options.wait_for_gpu, "backend": options.backend},
             "argv": list(sys.argv), "experiments": [j.to_dict() for j in jobs],
             **({"slurm": slurm.to_dict()} if slurm else {})})
     blocked = [pf for pf in preflights.values() if pf.verdict == "blocked"]
+    unverified = [pf for pf in preflights.values() if pf.verdict == UNVERIFIED]
     say(f"mutation-run: {ctx.plan.name}: {len(jobs)} experiment(s) -> {run_dir}")
-    say(f"preflight: {len(jobs) - len(blocked)} can run, {len(blocked)} blocked"
-        + ("" if options.require_preflight or not blocked else " (running them anyway: no --require-preflight)"))
+    say(f"preflight: {len(jobs) - len(blocked) - len(unverified)} can run, {len(blocked)} blocked"
+        + ("" if options.require_preflight or not blocked else " (running them anyway: no --require-preflight)")
+        + (f", {len(unverified)} unverified" + (" (held back: --strict)" if options.strict else " (running them: no --strict)")
+           if unverified else ""))
 
     stop = StopRequest().install()
     if slurm:
@@ -311,7 +345,8 @@ def run(args) -> int:
         say(f"stopped; continue with: mutation-run --resume {shlex.quote(run_dir)}")
         code = stop.exit_code
     else:
-        code = 0 if counts["passed"] == len(jobs) else 1
+        failing = any(f.status == FAIL for f in ctx.plan.findings)  # entries the file asked for and that did not run
+        code = 0 if jobs and counts["passed"] == len(jobs) and not failing else 1
     if args.json:
         json.dump({"format_version": FORMAT_VERSION, "run_dir": run_dir, "exit_code": code, "counts": counts,
                    "not_started": not_started,
