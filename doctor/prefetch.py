@@ -69,6 +69,64 @@ def _job(state: NeedState, hf_cache: str, torch_hub: str, mirror: Optional[str])
     return state.need.adapter.prefetch_job(r, {"hf": hf_cache, "torchhub": torch_hub}[r.source], mirror)
 
 
+@dataclass(frozen=True)
+class RunAs:
+    """The user a download subprocess runs as (instead of root)."""
+
+    uid: int
+    gid: int
+    name: str
+
+    def popen_args(self) -> dict:
+        try:
+            groups = os.getgrouplist(self.name, self.gid)
+        except (KeyError, OSError):
+            groups = []
+        return {"user": self.uid, "group": self.gid, "extra_groups": groups, "cwd": "/",
+                "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C"}}
+
+
+def user_controls(path: str, uid: int, gids: Sequence[int]) -> bool:
+    """True when the user could change something on the way to `path`: one of its existing
+    folders (or a link on the way) is theirs, or writable by them."""
+    p = os.path.abspath(path)
+    while True:
+        try:
+            st = os.lstat(p)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):  # a link's own mode bits mean nothing
+            if st.st_uid == uid:
+                return True
+            return user_controls(os.path.realpath(p), uid, gids) or user_controls(os.path.dirname(p), uid, gids)
+        if st is not None:
+            mode = st.st_mode
+            if (st.st_uid == uid or mode & 0o002 and not mode & 0o1000
+                    or st.st_gid in gids and mode & 0o020 and not mode & 0o1000):
+                return True
+        if p == "/":
+            return False
+        p = os.path.dirname(p)
+
+
+def run_as_for(launch, target: str) -> Optional[RunAs]:
+    """Who downloads into `target`: the invoking user when root acts for them and they could change
+    the way to it, else None (this process's user)."""
+    if os.getuid() != 0 or launch.invoking_uid in (0, -1, None):
+        return None
+    import pwd
+
+    try:
+        pw = pwd.getpwuid(launch.invoking_uid)
+    except KeyError:
+        return None
+    try:
+        gids = os.getgrouplist(pw.pw_name, pw.pw_gid)
+    except OSError:
+        gids = [pw.pw_gid]
+    return RunAs(pw.pw_uid, pw.pw_gid, pw.pw_name) if user_controls(target, pw.pw_uid, gids) else None
+
+
 def fetch(state: NeedState, env: dict, hf_cache: str, torch_hub: str, timeout: float,
           mirror: Optional[str] = None, run_as: Optional[RunAs] = None) -> Download:
     """Download one need in a subprocess with the launch environment (offline switches removed).
