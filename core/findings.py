@@ -50,9 +50,11 @@ DECLARED: Tuple[Declared, ...] = (
     Declared("settings.unknown-hyperparameter", "settings", WARN),
     Declared("settings.not-an-experiment", "settings", OK),
     Declared("settings.no-needs-declared", "settings", OK),
-    Declared("settings.needs-declared", "settings", OK),
     Declared("settings.history-missing", "settings", WARN),
     Declared("settings.history-unreadable", "settings", WARN),
+    Declared("settings.repo.*", "settings", FAIL, "config.error"),
+    Declared("settings.train-script.not-executable", "settings", FAIL, "permission.denied"),
+    Declared("settings.train-script.*", "settings", FAIL, "config.error"),
     # cache: each need where the launched process looks
     Declared("cache.*.present", "cache", OK),
     Declared("cache.hub.missing", "cache", FAIL, "hub.cache-miss"),
