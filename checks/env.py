@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from core.commands import doctor_command, run_command
-from core.needs import HUB_KINDS
+from core.needs import HUB_KINDS, adapter
 from core.launch import (REFUSED_NOTE, RELEVANT_VARS, hf_cache_dir, is_offline, parse_launch, torch_hub_dir,
                            which)
 from core.model import FAIL, OK, WARN, Finding
@@ -25,9 +25,8 @@ OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
               "no_proxy")
 CA_VARS = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-# Cache variables in the order the libraries consult them (HOME last: `~`).
-PRECEDENCE = {"hf": ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "HOME"),
-              "torch": ("TORCH_HOME", "XDG_CACHE_HOME", "HOME")}
+# Cache variables in the order the libraries consult them (HOME last: `~`), as the need adapters declare them.
+PRECEDENCE = {"hf": adapter("hf").cache_vars, "torch": adapter("torchvision").cache_vars}
 AREA_LABEL = {"hf": ("the Hugging Face cache", "model"), "torch": ("the torch hub", "checkpoint")}
 SUDOERS_FILE = "/etc/sudoers.d/mutation-preflight"
 ROOT_WRITE_NOTE = "root-owned files are left in the user's cache: see env.root-writes-user-cache"
