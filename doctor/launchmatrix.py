@@ -150,17 +150,29 @@ def evaluate(ctx, reason: str) -> Matrix:
     return Matrix(reason=reason, rows=out, command=command)
 
 
-def to_text(m: Matrix, total: int) -> str:
-    """The matrix for the terminal: one line per launch, the recommended command last."""
-    lines = [f"Launch matrix ({m.reason}; no --launch given):"]
-    width = max(len(r.how) for r in m.rows)
-    for r in m.rows:
-        mark = "✓" if not r.blocked else "✗"
-        extra = "  ← recommended" if r.recommended else ""
-        lines.append(f"  {mark} {r.how.ljust(width)}  {len(r.blocked)} of {total} blocked{extra}")
-        for miss in r.missing[:6]:
+def for_report(args, ctx, remake):
+    """(the context the report is about, the matrix as JSON or None). With a matrix, the report is
+    about plain `sudo` (how a batch that needs root is usually started): `remake(launch)` builds it."""
+    reason = applies(getattr(args, "launch", None), ctx)
+    if not reason:
+        return ctx, None
+    matrix = evaluate(ctx, reason)
+    return remake("sudo"), matrix.to_json()
+
+
+def to_text(m: dict, total: int) -> str:
+    """The matrix (its JSON form) for the terminal: one line per launch, the recommended command last."""
+    rows = m["rows"]
+    lines = [f"Launch matrix ({m['reason']}; no --launch given):"]
+    width = max(len(r["launch"]) for r in rows)
+    for r in rows:
+        mark = "✓" if not r["blocked"] else "✗"
+        extra = "  ← recommended" if r["recommended"] else ""
+        lines.append(f"  {mark} {r['launch'].ljust(width)}  {len(r['blocked'])} of {total} blocked{extra}")
+        for miss in r["missing"][:6]:
             where = "; ".join(f"in {p['path']} ({p['label']})" for p in miss["present_in"][:3]) or "nowhere else found"
             lines.append(f"      {miss['what']} {miss['status']} at {miss['path']}: {where}")
     lines.append("  type:")
-    lines += [f"    $ {line}" for line in m.command.splitlines()]
+    lines += [f"    $ {line}" for line in m["command"].splitlines()]
+    lines.append("  (the report below is about plain sudo; --launch HOW checks one launch)")
     return "\n".join(lines)
