@@ -33,6 +33,9 @@ def write_csv(path, rows, columns=COLUMNS):
 
 def project(tmp_path, experiments, **top):
     (tmp_path / "mutation").mkdir(exist_ok=True)
+    (tmp_path / "repos" / "r").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "repos" / "r" / "train.sh").write_text("#!/bin/bash\ntouch ran\n")
+    (tmp_path / "repos" / "r" / "train.sh").chmod(0o755)
     reg = {"models": {"r": {"path": "repos/r", "train_script": "./train.sh", "models": ["m", "n"], "model_flag": "-n",
                             "supported_hyperparams": HP}}}
     (tmp_path / "mutation" / "models_config.json").write_text(json.dumps(reg))
@@ -178,13 +181,13 @@ def test_corpus_dedup_file_draws_nothing_already_in_raw_data_and_is_reproducible
 
 
 # -- the doctor --------------------------------------------------------------------------------------
-def _doctor_history(tmp_path, project_root):
+def _doctor_history(tmp_path, project_root, rc=0):
     p = subprocess.run([sys.executable, "-m", "doctor.cli", "-ec", str(tmp_path / "settings" / "s.json"),
                         "--models-config", str(tmp_path / "mutation" / "models_config.json"),
                         "--project-root", str(project_root), "--only", "settings", "--json"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120,
                        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)})
-    assert p.returncode == 0, p.stderr  # a warning: nothing is blocked
+    assert p.returncode == rc, p.stdout + p.stderr  # the history warnings alone block nothing
     return [f for f in json.loads(p.stdout)["findings"] if f["id"].startswith("settings.history")]
 
 
@@ -202,6 +205,7 @@ def test_doctor_warns_once_per_missing_or_unreadable_history_csv_with_its_path(t
     # the doctor started from another project root: the CSVs are where mutation.py's root would be
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    found = _doctor_history(tmp_path, elsewhere)
+    found = _doctor_history(tmp_path, elsewhere, rc=1)  # the repo folder is not there either
     assert [f["id"] for f in found] == ["settings.history-missing"] * 3
     assert found[0]["fix"] == [f"mutation-doctor --project-root {tmp_path} -ec {tmp_path / 'settings' / 's.json'}"]
+
