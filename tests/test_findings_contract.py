@@ -60,7 +60,7 @@ def _memo_dir(tmp_path):
     return folder
 
 
-def run(tmp_path, env, settings=GOOD, launch=None, prepare=None):
+def run(tmp_path, env, settings=GOOD, launch=None, prepare=None, after=None):
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     env = {"HOME": str(home), "PATH": os.environ["PATH"], **env}
@@ -70,6 +70,8 @@ def run(tmp_path, env, settings=GOOD, launch=None, prepare=None):
     ctx = make_ctx(ctx_root, MODELS, {"experiment_name": "t", "experiments": settings},
                    launch=launch or launch_for(env=env), memo_dir=_memo_dir(tmp_path),
                    timeout=0.5, groups=GROUPS)
+    if after:
+        after(ctx)
     return check_contract(run_doctor(ctx))
 
 
@@ -121,6 +123,13 @@ def test_plain_sudo_launch(tmp_path, torch_host_refused):
         launch = build_launch_context("sudo --preserve-env=HF_ENDPOINT", environ=env, ask_sudo=False)
         seen = run(tmp_path, env, launch=launch)
     assert "env.sudo.simulated" in seen and seen & {"env.home-moved", "env.dropped", "env.changed"}
+
+
+def test_repo_folder_gone(tmp_path, torch_host_refused):
+    import shutil
+
+    seen = run(tmp_path, {"HF_HUB_OFFLINE": "1"}, after=lambda ctx: shutil.rmtree(ctx.registry.repos["r"].path))
+    assert {"settings.repo.missing", "cache.path.missing"} <= seen
 
 
 def test_settings_full_of_mistakes(tmp_path, torch_host_refused):
