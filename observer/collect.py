@@ -213,6 +213,20 @@ def _interpreters(lines: List[dict]) -> List[dict]:
     return [out[k] for k in sorted(out)]
 
 
+def _weights_in(folder: str, started: Optional[float]) -> List[str]:
+    """Weight-like files in a folder the training read (the observer records only the first file
+    read per folder); files written since the run started are its outputs, not its needs."""
+    out = []
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.name.endswith(_WEIGHT_EXT) and e.is_file() and (started is None or e.stat().st_mtime < started):
+                    out.append(e.path)
+    except OSError:
+        pass
+    return out
+
+
 def _dot_entries(home: str) -> List[str]:
     try:
         return [n for n in os.listdir(home) if n.startswith(".")]
@@ -259,6 +273,9 @@ def collect(folder: str, hasher: Optional[Callable[[str], str]] = None) -> dict:
         if path.endswith(_WEIGHT_EXT):
             weight_files.add(path)
         read_dirs.add(os.path.dirname(path))
+    started = min((r.get("at") or 0) for r in procs) or None
+    for d in sorted(read_dirs):
+        weight_files.update(_weights_in(d, started))
     home = [os.path.expanduser("~")]
     folders = [{"path": d, "relative": _relative(d, cwds)} for d in collapse(read_dirs, cwds + home)]
     hosts = sorted({(str(r.get("host")), r.get("port")) for r in lines if r.get("t") == "connect"},

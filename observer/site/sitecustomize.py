@@ -7,7 +7,7 @@ process is not observable and does nothing else. It never raises into the user's
 Recorded, one JSON line per new fact, appended to `<MUTATION_OBSERVE_DIR>/<pid>.jsonl` as it happens
 (so a SIGTERM or SIGKILL loses nothing already seen; forked workers append to their parent's file
 with their own pid):
-- `open`: the first file read in each folder, every file in hub cache folders and weight files;
+- `open`: the first file read in each folder, every file in hub cache folders;
 - `map`: files mapped with mmap, and file mappings still alive at exit (/proc/self/maps);
 - `inotify`: opens in the hub caches' blob folders, which catches files opened by native code
   (safetensors) that Python's audit events never see;
@@ -19,7 +19,7 @@ import sys
 
 _VAR = "MUTATION_OBSERVE_DIR"
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_WEIGHTS = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".h5", ".onnx", ".pkl", ".npz", ".gguf")
+_READ, _WRITTEN = "read", "written"  # folder states; a set: a hub folder, recorded file by file
 _HUB_MARKS = ("/models--", "/datasets--", "/spaces--", "/hub/checkpoints", "/refs")
 _IN_OPEN = 0x20
 _state = {"fd": -1, "torch": False, "inotify": -1, "watches": {}}
@@ -122,26 +122,33 @@ def _inotify_drain():
 
 
 # -- the audit hook ---------------------------------------------------------------------------
-def _new_open(p, d, mode, flags):
-    """Slow path: a folder not seen yet, a hub file, a weight file or a first read after writes."""
+def _open_slow(args):
+    """A folder not seen yet, a file in a hub cache folder, a read after writes in a folder."""
+    p = args[0]
+    if p.__class__ is not str:
+        if isinstance(p, int):
+            return
+        p = os.fsdecode(os.fspath(p))
+    i = p.rfind("/")
+    d = p[:i] if i > 0 else ("/" if i == 0 else "")
+    s = _dirs.get(d)
+    if s is _READ or (s is not None and s is not _WRITTEN and p in s):
+        return
+    mode, flags = args[1], args[2]
     write = ("w" in mode or "a" in mode or "x" in mode or "+" in mode) if mode else bool(flags & 3)
-    special = any(m in p for m in _HUB_MARKS)
-    if special:
-        if d not in _dirs:
-            _dirs[d] = set()
+    if any(m in p for m in _HUB_MARKS):
+        if s is None or s is _WRITTEN:
+            s = _dirs[d] = set()
         if d.endswith("/blobs"):
             _watch(d)
         if write:
             return
-        _dirs[d].add(p)
+        s.add(p)
     elif write:
-        _dirs.setdefault(d, "w")
+        _dirs.setdefault(d, _WRITTEN)
         return
     else:
-        _dirs[d] = "r"
-        if p in _seen:
-            return
-        _seen.add(p)
+        _dirs[d] = _READ
     path = p if p.startswith("/") else os.path.join(os.getcwd(), p)
     _emit({"t": "open", "path": path})
 
@@ -181,23 +188,17 @@ _OTHER = frozenset(("import", "mmap.__new__", "socket.connect", "socket.getaddri
 
 
 def _hook(event, args):
-    """Called by the interpreter for every audit event: the path of an already seen folder returns
-    after one dict lookup."""
+    """Called by the interpreter for every audit event. The fast path (a file in a folder already
+    read) is one slice and one dict lookup; weight files in such folders are listed by the collector."""
     if event == "open":
         try:
             p = args[0]
-            if p.__class__ is not str:
-                if isinstance(p, int):
-                    return
-                p = os.fsdecode(os.fspath(p))
-            i = p.rfind("/")
-            d = p[:i] if i > 0 else ("/" if i == 0 else "")
-            s = _dirs.get(d)
-            if s == "r":
-                if p.endswith(_WEIGHTS) and p not in _seen:
-                    _new_open(p, d, args[1], args[2])
-            elif s is None or s == "w" or p not in s:
-                _new_open(p, d, args[1], args[2])
+            if _dirs.get(p[:p.rfind("/")]) is _READ:
+                return
+        except Exception:
+            pass
+        try:
+            _open_slow(args)
         except Exception:
             pass
     elif event in _OTHER:
