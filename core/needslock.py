@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 FORMAT_VERSION = 1
 LOCK_NAME = "needs.lock.json"
+TORCH_MODELS = "https://download.pytorch.org/models"
 NOTE = ("What successful mutation-run experiments used, per repo and model (written by mutation-run; "
         "review and commit it like any lock file).")
 SECTIONS = {  # section -> the fields that identify an entry
@@ -102,7 +103,7 @@ def _entries(section: str, needs: Mapping) -> List[dict]:
         elif section == "checkpoints":
             if e.get("sha256") is None:
                 continue
-            out.append({k: e.get(k) for k in ("file", "size", "sha256")})
+            out.append({k: e.get(k) for k in ("file", "size", "sha256", "url") if k != "url" or e.get("url")})
         elif section in ("folders", "files"):
             item = {"path": e.get("relative") or e.get("path")}
             if section == "files":
@@ -201,8 +202,9 @@ def _provenance(entry: Mapping) -> str:
 def specs(lock: Mapping, repo: str, model: str) -> List[Tuple[str, dict, str]]:
     """The lock's needs of `repo`/`model` as registry declarations: (kind, spec, provenance).
 
-    Hub files are pinned to the commit the runs used (`revision`: the commit); checkpoints are
-    named by file; folders are `path` needs; interpreters `python` needs (only when observable)."""
+    Hub files are pinned to the commit the runs used (`revision`: the commit); torch hub checkpoints
+    are `url` needs (the URL the run downloaded it from, else torchvision's host); folders and
+    files are `path` needs; interpreters `python` needs (only when observable)."""
     slot = model_entries(lock, repo, model)
     out = []
     for e in slot.get("hub_files", []):
@@ -210,6 +212,8 @@ def specs(lock: Mapping, repo: str, model: str) -> List[Tuple[str, dict, str]]:
         if e.get("repo_type") not in (None, "model"):
             spec["repo_type"] = e["repo_type"]
         out.append(("hf", spec, _provenance(e)))
+    for e in slot.get("checkpoints", []):  # torch hub; torchvision's own weights live on its default host
+        out.append(("url", {"url": e.get("url") or f"{TORCH_MODELS}/{e['file']}", "file": e["file"]}, _provenance(e)))
     for e in slot.get("folders", []):
         out.append(("path", {"path": e["path"], "kind": "folder"}, _provenance(e)))
     for e in slot.get("files", []):

@@ -4,7 +4,8 @@ The result names what the training really used, in the shape the needs lock reco
 - `hub_files`: Hugging Face files (repo, repo_type, revision, commit, file, blob, size, sha256),
   from paths under `models--org--name/` seen in audit events, mappings, or opens of blobs seen by
   inotify (native loaders such as safetensors), each blob mapped back to its snapshot file name;
-- `checkpoints`: torch hub checkpoints (`<torch hub>/checkpoints/<file>`, size, sha256);
+- `checkpoints`: torch hub checkpoints (`<torch hub>/checkpoints/<file>`, size, sha256, and the
+  URL it was downloaded from when the run downloaded it);
 - `folders`: local folders read, collapsed to their top folders (a folder whose files were read in
   two or more sub-folders stands for them), repo-relative when under the process's cwd;
 - `files`: weight-like local files (`.pth`, `.bin`, `.safetensors`, ...), with size and sha256;
@@ -281,9 +282,11 @@ def collect(folder: str, hasher: Optional[Callable[[str], str]] = None) -> dict:
     hosts = sorted({(str(r.get("host")), r.get("port")) for r in lines if r.get("t") == "connect"},
                    key=lambda x: (x[0], str(x[1])))
     resolved = sorted({str(r.get("host")) for r in lines if r.get("t") == "resolve"})
+    urls = {os.path.basename(r["url"]): r["url"] for r in lines if r.get("t") == "request" and r.get("url")}
     return {"format_version": FORMAT_VERSION, "observed": any(r.get("observable") for r in procs),
             "hub_files": hub.entries(hasher),
-            "checkpoints": [_with_content({"file": n, "path": p}, p, hasher) for n, p in sorted(checkpoints.items())],
+            "checkpoints": [_with_content({"file": n, "path": p, "url": urls.get(n)}, p, hasher)
+                            for n, p in sorted(checkpoints.items())],
             "folders": folders,
             "files": [_with_content({"path": p, "relative": _relative(p, cwds)}, p, hasher) for p in sorted(weight_files)],
             "hosts": [{"host": h, "port": p} for h, p in hosts], "resolved_hosts": resolved,

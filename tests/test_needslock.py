@@ -92,7 +92,9 @@ def test_locked_needs_are_sources_with_their_run_and_changed_weights_are_found(t
     specs = needslock.specs(lock, "reid", "hrnet18")
     assert ("hf", {"hf": "timm/hrnet_w18.ms_aug_in1k", "files": ["model.safetensors"], "revision": COMMIT},
             "observed in run_20260101_000000/reid_hrnet18_001") in specs
-    assert {k for k, _, _ in specs} == {"hf", "path", "python"}
+    assert {k for k, _, _ in specs} == {"hf", "url", "path", "python"}
+    assert ("url", {"url": "https://download.pytorch.org/models/resnet18-f37072fd.pth", "file": "resnet18-f37072fd.pth"},
+            "observed in run_20260101_000000/reid_hrnet18_001") in specs
     assert needslock.specs(lock, "reid", "other") == []
 
     hf, th = tmp_path / "hub", tmp_path / "torch"

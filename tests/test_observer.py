@@ -184,3 +184,45 @@ def test_a_process_ended_by_sigterm_keeps_what_it_used(tmp_path, clean_env):
     assert proc.wait(timeout=30) == -signal.SIGTERM  # ended by the signal, as without the observer
     needs = collect.collect(str(tmp_path / "obs"))
     assert [f["relative"] for f in needs["folders"]] == ["data/set"]
+
+
+def test_a_checkpoint_torch_hub_downloads_keeps_its_url_without_the_secret_in_it(tmp_path, clean_env):
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "srv" / "models"
+    served.mkdir(parents=True)
+    subprocess.run([sys.executable, "-c", "import torch,sys; torch.save({'w': torch.ones(2)}, sys.argv[1])",
+                    str(served / "tiny-0123abcd.pth")], check=True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "srv"))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://u:pw@127.0.0.1:{server.server_port}/models/tiny-0123abcd.pth?token=sEcReT"
+        code = "import sys, torch.hub; print(sorted(torch.hub.load_state_dict_from_url(sys.argv[1], progress=False)))"
+        env = dict(clean_env, TORCH_HOME=str(tmp_path / "torch"))
+        p = _run([sys.executable, "-c", code, url.replace("u:pw@", "")], env, tmp_path, tmp_path / "obs")
+    finally:
+        server.shutdown()
+    assert p.returncode == 0, p.stderr[-2000:]
+    needs = collect.collect(str(tmp_path / "obs"))
+    (cp,) = needs["checkpoints"]
+    assert cp["file"] == "tiny-0123abcd.pth" and cp["sha256"] == _sha(served / "tiny-0123abcd.pth")
+    assert cp["url"] == f"http://127.0.0.1:{server.server_port}/models/tiny-0123abcd.pth"
+    assert "sEcReT" not in "".join(Path(f).read_text() for f in (tmp_path / "obs").glob("*.jsonl"))
+
+
+def test_urls_lose_credentials_query_and_fragment():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("observer_site_under_test", os.path.join(SITE_DIR, "sitecustomize.py"))
+    site = importlib.util.module_from_spec(spec)
+    env = os.environ.pop(OBSERVE_DIR_VAR, None)
+    try:
+        spec.loader.exec_module(site)  # without the variable it observes nothing
+    finally:
+        if env is not None:
+            os.environ[OBSERVE_DIR_VAR] = env
+    assert site._bare_url("https://user:tok@host.x/a/b.pth?X-Amz-Signature=s#f") == "https://host.x/a/b.pth"

@@ -11,7 +11,8 @@ with their own pid):
 - `map`: files mapped with mmap, and file mappings still alive at exit (/proc/self/maps);
 - `inotify`: opens in the hub caches' blob folders, which catches files opened by native code
   (safetensors) that Python's audit events never see;
-- `connect` / `resolve`: network hosts;
+- `connect` / `resolve` / `request`: network hosts, and URLs urllib fetches (torch.hub downloads),
+  without credentials, query or fragment;
 - `process`, `torch`, `exit`: the interpreter, torch's version and CUDA arch list.
 """
 import os
@@ -174,6 +175,13 @@ def _on_other(event, args):
                 _seen.add(key)
                 _emit({"t": "connect", "host": str(addr[0]), "port": addr[1]})
         return
+    if event == "urllib.Request":
+        url = _bare_url(str(args[0]))
+        key = ("request", url)
+        if key not in _seen:
+            _seen.add(key)
+            _emit({"t": "request", "url": url})
+        return
     if event == "socket.getaddrinfo":
         host = args[0]
         if isinstance(host, bytes):
@@ -184,7 +192,17 @@ def _on_other(event, args):
             _emit({"t": "resolve", "host": str(host), "port": args[1]})
 
 
-_OTHER = frozenset(("import", "mmap.__new__", "socket.connect", "socket.getaddrinfo"))
+_OTHER = frozenset(("import", "mmap.__new__", "socket.connect", "socket.getaddrinfo", "urllib.Request"))
+
+
+def _bare_url(url):
+    """scheme://host/path: no credentials, query or fragment (signed URLs carry secrets there)."""
+    url = url.split("#", 1)[0].split("?", 1)[0]
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    host, slash, path = rest.partition("/")
+    return scheme + "://" + host.rpartition("@")[2] + slash + path
 
 
 def _hook(event, args):
