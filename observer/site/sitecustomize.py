@@ -322,4 +322,5 @@ try:
     _start()
 except Exception:
     pass
-_chain()
+if __name__ == "sitecustomize":  # imported by site.py (not loaded by a test or a tool)
+    _chain()
