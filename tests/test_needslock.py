@@ -111,3 +111,41 @@ def test_locked_needs_are_sources_with_their_run_and_changed_weights_are_found(t
     (ch,) = needslock.changed(lock, pairs, str(hf), str(th), sha)
     assert ch.what == "timm/hrnet_w18.ms_aug_in1k@main:model.safetensors" and ch.sha256 == hashlib.sha256(other).hexdigest()
     assert ch.provenance == "observed in run_20260101_000000/reid_hrnet18_001"
+
+
+def test_the_doctor_warns_on_changed_weights_and_fails_under_locked(tmp_path, monkeypatch):
+    import argparse
+    import dataclasses
+    import types
+
+    from checks.needslock import check_locked_weights
+    from doctor.operations import make_context
+
+    hf = tmp_path / "hub"
+    snap = hf / "models--timm--hrnet_w18.ms_aug_in1k" / "snapshots" / COMMIT
+    snap.mkdir(parents=True)
+    (snap / "model.safetensors").write_bytes(b"weights")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (tmp_path / "repos" / "reid").mkdir(parents=True)
+    (tmp_path / "models_config.json").write_text(json.dumps({"models": {"reid": {
+        "path": "repos/reid", "train_script": "./train.sh", "models": ["hrnet18", "pcb"], "model_flag": "-n"}}}))
+    (tmp_path / "s.json").write_text(json.dumps({"experiment_name": "s", "experiments": [
+        {"mode": "default", "repo": "reid", "model": m, "hyperparameters": {}} for m in ("hrnet18", "pcb")]}))
+    args = argparse.Namespace(settings=str(tmp_path / "s.json"), models_config=str(tmp_path / "models_config.json"),
+                              project_root=str(tmp_path), launch="current", only=None, timeout=None,
+                              probe_timeout=None, verify=False, deep=False)
+    ctx = make_context(args)
+    assert check_locked_weights(ctx) is None  # no lock beside the registry
+    needslock.update(str(tmp_path / "needs.lock.json"), "reid", "hrnet18", _needs(sha=hashlib.sha256(b"weights").hexdigest()),
+                     Seen("run_20260101_000000/reid_hrnet18_001", "t"))
+    assert check_locked_weights(ctx) == []
+    (snap / "model.safetensors").write_bytes(b"other weights")
+    (f,) = check_locked_weights(make_context(args))
+    assert (f.id, f.status, f.experiments) == ("cache.locked.changed", "warn", ("reid_hrnet18_001",))
+    assert "changed since the recorded runs" in f.title and "observed in run_20260101_000000/reid_hrnet18_001" in f.detail
+    assert f.fix[-1].startswith("mutation-doctor prefetch")
+    ctx = make_context(args)
+    ctx.options = types.SimpleNamespace(**dataclasses.asdict(ctx.options), locked=True)
+    (f,) = check_locked_weights(ctx)
+    assert f.status == "fail" and f.blocks
