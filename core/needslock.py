@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -29,6 +30,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 FORMAT_VERSION = 1
 LOCK_NAME = "needs.lock.json"
 TORCH_MODELS = "https://download.pytorch.org/models"
+READ_LIMIT = 64 * 1024 * 1024
 NOTE = ("What successful mutation-run experiments used, per repo and model (written by mutation-run; "
         "review and commit it like any lock file).")
 SECTIONS = {  # section -> the fields that identify an entry
@@ -74,9 +76,10 @@ def empty() -> dict:
 
 def read(path: str) -> dict:
     """The lock at `path` (an empty lock when there is none); LockError when it cannot be used."""
+    from core.safefs import read_regular
+
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(read_regular(path, READ_LIMIT).decode("utf-8"))
     except FileNotFoundError:
         return empty()
     except ValueError as e:
@@ -147,10 +150,20 @@ def dumps(lock: Mapping) -> str:
 
 
 def _open_lockfile(path: str, owner: Optional[Tuple[int, int]]) -> int:
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o644)
-    if owner is not None and os.fstat(fd).st_uid != owner[0]:
-        os.fchown(fd, owner[0], owner[1])
+    """The flock file: created here (and then given to `owner`), or an existing regular file with
+    one link that is never given away (a hard link planted to another file stays that file's)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        if owner is not None:
+            os.fchown(fd, owner[0], owner[1])
+        return fd
+    except FileExistsError:
+        pass
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise LockError(f"{path}: not a regular file with one link; not using it as the lock's flock file")
     return fd
 
 

@@ -73,6 +73,16 @@ def test_a_link_planted_at_the_lock_is_not_written_through(tmp_path):
     with pytest.raises(OSError):
         needslock.update(str(tmp_path / "needs.lock.json"), "r", "m", _needs(), Seen("run/x", "t"))
     assert victim.read_text() == "keep"
+    # a hard link to another file as the flock file: refused, never given to the user
+    (tmp_path / "needs.lock.json.lock").unlink()
+    os.link(victim, tmp_path / "needs.lock.json.lock")
+    with pytest.raises(LockError, match="one link"):
+        needslock.update(str(tmp_path / "needs.lock.json"), "r", "m", _needs(), Seen("run/x", "t"), owner=(54321, 54322))
+    assert victim.stat().st_uid == os.geteuid() and victim.read_text() == "keep"
+    # a FIFO in the lock's place is an unusable lock, not a hang
+    os.mkfifo(tmp_path / "fifo.json")
+    with pytest.raises(LockError):
+        needslock.read(str(tmp_path / "fifo.json"))
 
 
 def test_an_unreadable_lock_is_one_line(tmp_path):
