@@ -8,7 +8,7 @@ end (LocalEntryNotFoundError chain, CUDA OOM, missing module), some are killed (
 Then runs each tool as a child process twice (first right after generation, then again) and
 measures wall time and peak RSS (wait4). Prints one JSON object.
 
-    .venv/bin/python bench/bench_explain.py --folders 500          # quick
+    .venv/bin/python bench/bench_explain.py --quick                # 500 folders, 200 kB logs
     .venv/bin/python bench/bench_explain.py                        # the full 10,000 x 1 MB (~20 GB)
 
 Targets (issue 5): explain no slower than the grep, peak RSS under 200 MB.
@@ -160,7 +160,10 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the generated tree")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each tool; the fastest is compared")
+    ap.add_argument("--quick", action="store_true", help="500 folders with 200 kB logs (make bench)")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.folders, a.log_bytes = 500, 200_000
     term = a.log_bytes if a.terminal_bytes is None else a.terminal_bytes
     need = a.folders * (a.log_bytes + term + 4096)
     work = tempfile.mkdtemp(prefix="bench-explain-", dir=a.dir)

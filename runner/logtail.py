@@ -140,8 +140,8 @@ def extract_metrics(path: str, patterns: Mapping[str, str]) -> Dict[str, float]:
     for name, pattern in patterns.items():
         try:
             matches = re.findall(pattern, text)
-        except re.error:
-            continue
+        except (re.error, TypeError, RecursionError, OverflowError):
+            continue  # core.failures.patterns.invalid_patterns says which and why
         for m in reversed(matches):
             value = m[0] if isinstance(m, tuple) else m
             try:

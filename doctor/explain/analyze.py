@@ -71,6 +71,17 @@ class Analyzer:
                                 f"{traceback_location(exc)}); its outcome is unknown.")
 
 
+_SEP = "\n\x1f\n"
+
+
+def mask_all(texts: List[str], env: Mapping[str, str]) -> List[str]:
+    """Every text masked (core.secrets) in one pass over them joined; one by one if a text holds the
+    separator."""
+    joined = mask_text(_SEP.join(texts), env)
+    parts = joined.split(_SEP)
+    return parts if len(parts) == len(texts) else [mask_text(t, env) for t in texts]
+
+
 def declared_cause(finding_id: str) -> Optional[str]:
     """The catalogue cause declared for a finding id (core.findings), or None when none is declared."""
     try:
@@ -301,20 +312,27 @@ class ExperimentAnalysis(FailureCauses, RecordInference, SuccessCheck, MetricsCh
             chain = tuple(self.pre_chain) + body + tuple(self.post_chain) + tail
             fix = tuple(dict.fromkeys(tuple(self.extra_fix) + cat.render_lines(rule.fix, self.facts)))
             title = cat.render_lines((rule.title,), self.facts) or (re.sub(r"\s*\([^)]*\{[^}]+\}[^)]*\)|\{[^}]+\}", "", rule.title),)
-            c = Cause(cid, mask_text(title[0]), round(min(1.0, max(0.0, conf)), 2))
+            c = Cause(cid, title[0], round(min(1.0, max(0.0, conf)), 2))
         else:
             chain = chain + tuple(self.post_chain)
         env = {k: v for k, v in as_dict(self.launch.get("env_set")).items() if isinstance(v, str)}
-        ev = tuple(dict.fromkeys(Evidence(e.file, e.line, mask_text(e.text[:500], env)) for e in self.evidence if e))
+        evidence = [e for e in self.evidence if e]
+        texts = mask_all([e.text[:500] for e in evidence] + list(chain) + list(fix) + self.notes
+                         + ([c.title] if c else []), env)
+        n_ev, n_ch, n_fx = len(evidence), len(chain), len(fix)
+        ev = tuple(dict.fromkeys(Evidence(e.file, e.line, t) for e, t in zip(evidence, texts)))
+        chain, fix = tuple(texts[n_ev:n_ev + n_ch]), tuple(texts[n_ev + n_ch:n_ev + n_ch + n_fx])
+        notes = tuple(texts[n_ev + n_ch + n_fx:n_ev + n_ch + n_fx + len(self.notes)])
+        if c is not None:
+            c = Cause(c.id, texts[-1], c.confidence)
         bg = self.d.get("background") if self.parallel and isinstance(self.d.get("background"), dict) else None
         return Explanation(
-            experiment_id=self.eid, path=self.folder, status=status, cause=c, evidence=ev,
-            chain=tuple(mask_text(x, env) for x in chain), fix=tuple(mask_text(x, env) for x in fix),
+            experiment_id=self.eid, path=self.folder, status=status, cause=c, evidence=ev, chain=chain, fix=fix,
             run=self.run.folder, layout=self.layout, repo=self.repo, model=self.model,
             mode="parallel" if self.parallel else "default",
             hyperparameters=dict(self.fg.get("hyperparameters") or {}), background=bg,
             duration=self.duration, timestamp=str(self.d.get("timestamp") or ""),
-            needs=self.need_uses(status, c), notes=tuple(mask_text(n, env) for n in self.notes),
+            needs=self.need_uses(status, c), notes=notes,
             basis="log" if any(v.file not in RECORD_FILES and not os.path.isabs(v.file) for v in ev) else "record")
 
     def need_uses(self, status: str, cause: Optional[Cause]) -> Tuple[NeedUse, ...]:

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from doctor.explain.model import BatchReport, Explanation
 from doctor.explain.readers import DEFAULT_CAP, ExplainInputError, JsonRecord, find_experiments, read_experiment_json
-from doctor.explain.siblings import RunContext, model_reference, run_members, sibling
+from doctor.explain.siblings import RunContext, Sibling, model_reference, run_members, sibling
 from doctor.explain.analyze import Analyzer
 
 PARALLEL_MIN = 500  # experiments; below this a pool costs more than it saves
@@ -24,7 +24,7 @@ def _explain_runs(an: Analyzer, runs: Sequence[Tuple[str, List[str]]], single_fo
         context = recs
         if single_folder:  # one experiment asked for: its run folder's other experiments are still evidence
             context = recs + [(f, read_experiment_json(f)) for f in run_members(run_folder) if f != single_folder]
-        ctx = RunContext(run_folder, [sibling(f, r) for f, r in context])
+        ctx = RunContext(run_folder, [_SIBLINGS.get(f) or sibling(f, r) for f, r in context])
         for f, r in recs:
             out.append(an.explain(f, r, ctx))
     return out
@@ -33,6 +33,7 @@ def _explain_runs(an: Analyzer, runs: Sequence[Tuple[str, List[str]]], single_fo
 _WORKER_ANALYZER: Optional[Analyzer] = None
 # Every experiment.json of the batch, read once before the work is spread (forked workers share it).
 _RECORDS: Dict[str, JsonRecord] = {}
+_SIBLINGS: Dict[str, Sibling] = {}
 
 
 def _worker_init(registry, cap, rerun_path, reference) -> None:
@@ -67,14 +68,15 @@ def explain_path(path: str, registry: Optional[str] = None, cap: int = DEFAULT_C
     for f in folders:
         by_run.setdefault(os.path.dirname(f), []).append(f)
     runs = list(by_run.items())
-    _RECORDS.clear()
     _RECORDS.update((f, read_experiment_json(f)) for f in folders)
-    ref = model_reference(sibling(f, r) for f, r in _RECORDS.items())
+    _SIBLINGS.update((f, sibling(f, r)) for f, r in _RECORDS.items())
+    ref = model_reference(_SIBLINGS.values())
     jobs = default_jobs(len(folders), len(runs)) if jobs is None else max(1, min(jobs, len(runs)))
     try:
         out = _explain_all(runs, single, jobs, (registry, cap, rerun_path, ref), len(folders))
     finally:
         _RECORDS.clear()
+        _SIBLINGS.clear()
     return BatchReport(os.path.abspath(path), tuple(by_run), tuple(out), time.perf_counter() - t0)
 
 

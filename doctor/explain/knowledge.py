@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from core.failures.patterns import invalid_patterns
 from core.safefs import open_regular
 
 SHIPPED_REGISTRY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -118,13 +118,7 @@ class Knowledge:
 
     def invalid_patterns(self, repo: str) -> Dict[str, str]:
         """Metric name -> what is wrong with its regex, for the patterns that do not compile."""
-        bad: Dict[str, str] = {}
-        for name, rx in self._patterns.get(repo, {}).items():
-            try:
-                re.compile(rx)
-            except (re.error, RecursionError, OverflowError) as e:
-                bad[name] = f"{rx!r} is not a valid regular expression ({e})"
-        return bad
+        return invalid_patterns(self._patterns.get(repo, {}))
 
     def models_of(self, repo: str) -> Tuple[str, ...]:
         return tuple(sorted(m for (r, m) in self._table if r == repo and m != "*"))

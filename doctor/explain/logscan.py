@@ -58,12 +58,19 @@ class LogScan:
                         text if text is not None else self.tail.line(index))
 
 
+_PLAIN = re.compile(r"[\w.-]+\Z")
+
+
 def inside(folder: str, name: str) -> Optional[str]:
     """The path of `name` (as a record names it) when it resolves inside the experiment folder,
     else None: a record saying `"log": "/etc/shadow"` or a link that leaves the folder is not read,
     whatever the record says."""
     if not isinstance(name, str) or not name or "\0" in name:
         return None
+    if _PLAIN.match(name) and name not in (".", ".."):
+        # A plain file name: the folder itself was found without following links, and the file is
+        # opened with O_NOFOLLOW, so a link planted in its place is refused there.
+        return os.path.join(folder, name)
     base = os.path.realpath(folder)
     real = os.path.realpath(os.path.join(folder, name))
     return real if real.startswith(base + os.sep) else None
@@ -83,9 +90,9 @@ def scan_log(folder: str, name: str, want_chain: bool, cap: int, first: int = FI
     tail = Tail.open(path, first=first, cap=cap) if path else None
     if tail is None:
         return None
-    base = os.path.realpath(folder)
-    rel = path[len(base) + 1:]
-    path = os.path.join(folder, rel)
+    if not path.startswith(folder + os.sep):
+        path = os.path.join(folder, path[len(os.path.realpath(folder)) + 1:])
+    rel = path[len(folder) + 1:]
     scan = LogScan(rel, path, tail)
     if want_chain:
         while True:

@@ -17,6 +17,7 @@ from doctor.explain.model import INDIRECT, Evidence
 
 TIMEOUT_MARK = b"TIMEOUT - PARTIAL OUTPUT"
 FAST_TRAINING_TIMEOUT_SECONDS = 3600
+ROUND_LIMITS = frozenset(float(FAST_TRAINING_TIMEOUT_SECONDS * k) for k in range(1, 25))  # whole hours
 LIMIT_SLACK = 30.0  # seconds between the limit and the end of the kill as recorded
 # What a run prints when it ends by itself: a final report, a success banner, an exit code line.
 _FINAL = re.compile(r"Training completed|completed successfully|\[SUCCESS\]|Evaluation completed|"
@@ -28,7 +29,7 @@ class TimeLimit:
 
     def time_limits(self) -> Set[float]:
         """Their runner's round limits (whole hours up to a day) and any timeout in the record."""
-        limits = {float(FAST_TRAINING_TIMEOUT_SECONDS * k) for k in range(1, 25)}
+        limits = set(ROUND_LIMITS)
         for src in (self.d, self.fg):
             for key in ("timeout", "timeout_seconds", "training_timeout"):
                 v = as_num(src.get(key))
@@ -36,16 +37,21 @@ class TimeLimit:
                     limits.add(v)
         return limits
 
+    def _recorded_timeout(self) -> bool:
+        return any(k in src for src in (self.d, self.fg) for k in ("timeout", "timeout_seconds", "training_timeout"))
+
     def at_limit(self) -> Optional[float]:
         d = self.duration
-        if d is None:
+        if d is None or d < FAST_TRAINING_TIMEOUT_SECONDS - 1 and not self._recorded_timeout():
             return None
         return next((lim for lim in sorted(self.time_limits()) if lim - 1.0 <= d <= lim + LIMIT_SLACK), None)
 
     def time_limit_cause(self, scans: List[LogScan], recorded_success: bool) -> Optional[Tuple[str, float]]:
         """("timeout", confidence) when the run was stopped at its time limit, else None."""
-        head = read_head(self.folder, "terminal_output.txt", len(TIMEOUT_MARK))
         lim = self.at_limit()
+        # The marker stands where the wrapper's own end ("exit code N") is missing: read it only then.
+        ended = any(s.exit_code is not None for s in scans)
+        head = b"" if ended else read_head(self.folder, "terminal_output.txt", len(TIMEOUT_MARK))
         if head == TIMEOUT_MARK:
             self.evidence.append(Evidence("terminal_output.txt", 1, TIMEOUT_MARK.decode()))
             conf = 0.9
