@@ -259,6 +259,11 @@ def run(args) -> int:
     options = _options_from(args, manifest)
     if options.max_retries < 0:
         options.max_retries = ctx.plan.max_retries
+    slurm = None
+    if options.backend == "slurm":
+        from runner.backends import slurm_batch
+
+        slurm = slurm_batch.slurm_options(args, manifest)
     _refuse_invalid(args, ctx)
     held = None if args.dry_run else _settings_gate(args, ctx, jobs, options, say)
     if held is not None:
@@ -272,11 +277,6 @@ def run(args) -> int:
         some = next(iter(preflights.values()), None)
         energy = energy_plan(ctx, base_report, some.child.popen_env() if some else ctx.launch.env,
                              some.child.prefix if some else ())
-    slurm = None
-    if options.backend == "slurm":
-        from runner.backends import slurm_batch
-
-        slurm = slurm_batch.slurm_options(args, manifest)
     if args.dry_run:
         return _dry_run(args, ctx, jobs, preflights, seed, energy,
                         extra=slurm_batch.dry_run_extra(slurm, args.results_dir or "results", len(jobs)) if slurm else None)

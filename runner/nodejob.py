@@ -5,8 +5,10 @@ experiment's id, and the environment its child is to get, computed on the login 
 job, on the node that will train:
 
 1. Slurm's signals are ours: SIGTERM (time limit, scancel) stops the experiment like Ctrl-C stops a
-   local run, and the warning signal submitit asks Slurm for before the time limit is only noted
-   (submitit would otherwise requeue or end the job from under the running experiment).
+   local run (Slurm signals the experiment's processes too), and the warning Slurm sends before the
+   time limit (SIGURG, asked for instead of submitit's USR2, which would kill a training script
+   that does not handle it) is only noted; submitit's own handlers would requeue or end the job
+   from under the running experiment.
 2. The environment is the submitter's, explicitly, plus what Slurm gives this job on this node
    (SLURM_*, the GPUs it allotted); nothing else of what sbatch happened to export reaches the child.
 3. The doctor's checks run here, in that environment (caches, environment, network, the node's
@@ -37,9 +39,9 @@ NODE_PREFIXES = ("SLURM_", "SLURMD_")
 class NodeTask:
     """One experiment for one Slurm job.
 
-    `env`: the complete environment of the experiment's child as the submitter computed it;
-    `env_set`: which of those variables the runner set on top of the login node's launch context
-    (for the record); `login`: the login node's preflight verdict; `kill_wait`: Slurm's KillWait
+    `env`: the environment of the launch context on the login node, which the experiment's child
+    starts from (the node applies the runner's policy to it again, in its own view); `env_set`:
+    what the runner set on top of it on the login node (for the record); `login`: the login node's preflight verdict; `kill_wait`: Slurm's KillWait
     (seconds between its SIGTERM and SIGKILL), which caps the experiment's grace period here."""
 
     run_dir: str
@@ -51,13 +53,36 @@ class NodeTask:
     kill_wait: float = 30.0
 
 
-def node_environment(task: NodeTask, node_env: Mapping[str, str]) -> Tuple[Dict[str, str], Tuple[str, ...]]:
-    """The child's environment: the submitter's, plus this job's Slurm and GPU variables; and the
-    names taken from the node."""
+def setup_changes(node_env: Mapping[str, str]) -> Dict[str, str]:
+    """What the job's setup lines (`module load ...`, exports) set: the job's environment against the
+    one saved before them in SETUP_BASE_VAR (see runner/backends/slurm.py)."""
+    import base64
+    import binascii
+
+    from runner.backends.slurm import SETUP_BASE_VAR
+
+    saved = node_env.get(SETUP_BASE_VAR)
+    if not saved:
+        return {}
+    try:
+        raw = base64.b64decode(saved).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        return {}
+    before = dict(x.split("=", 1) for x in raw.split("\0") if "=" in x)
+    return {k: v for k, v in node_env.items() if before.get(k) != v and k != SETUP_BASE_VAR
+            and not k.startswith(NODE_PREFIXES + ("SUBMITIT_",))}
+
+
+def node_environment(task: NodeTask, node_env: Mapping[str, str]) -> Tuple[Dict[str, str], Tuple[str, ...], Tuple[str, ...]]:
+    """The child's environment: the submitter's, plus what the job's setup lines set, plus this
+    job's Slurm and GPU variables; and the names taken from the setup lines and from the node."""
+    setup = setup_changes(node_env)
     taken = {k: v for k, v in node_env.items() if k.startswith(NODE_PREFIXES) or k in NODE_VARS}
+    taken.pop("SLURM_EXPORT_ENV", None)  # sbatch's --export=NONE, not something the child should pass on
     env = dict(task.env)
+    env.update(setup)
     env.update(taken)
-    return env, tuple(sorted(taken))
+    return env, tuple(sorted(setup)), tuple(sorted(taken))
 
 
 def _say(msg: str, fixes=(), rule: bool = False) -> None:  # noqa: ARG001 - the batch's console signature
@@ -143,13 +168,13 @@ def run_experiment(task: NodeTask) -> dict:
 
     stop = StopRequest().install()  # replaces submitit's SIGTERM "bypass": Slurm's TERM stops the experiment
     notes = _Notes()
-    signal.signal(signal.SIGUSR2, notes.warned)
+    signal.signal(signal.SIGURG, notes.warned)  # --signal=URG@... (runner/backends/slurm.py)
     node = socket.gethostname().split(".")[0]
-    env, from_node = node_environment(task, os.environ)
+    env, from_setup, from_node = node_environment(task, os.environ)
     slurm_info = {"job_id": os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID", "")),
                   "array_task": os.environ.get("SLURM_ARRAY_TASK_ID"), "node": node,
                   "env_from_submitter": sorted(task.env), "env_set_by_submitter": sorted(task.env_set),
-                  "env_from_node": list(from_node), "login_preflight": dict(task.login), "signals": notes.items}
+                  "env_from_setup": list(from_setup), "env_from_node": list(from_node), "login_preflight": dict(task.login), "signals": notes.items}
     if slurm_info["array_task"] is not None:
         slurm_info["job_id"] = f"{slurm_info['job_id']}_{slurm_info['array_task']}"
     os.environ.clear()

@@ -91,6 +91,7 @@ def parameters(opts: SlurmOptions, job_name: str) -> dict:
     """submitit's SlurmExecutor parameters for these options (always --export=NONE: the child's
     environment is passed explicitly, not inherited from wherever sbatch ran)."""
     extra: Dict[str, object] = {"export": "NONE"}
+    delay = 90
     for line in opts.sbatch:
         k, v = sbatch_option(line)
         extra[k] = v
@@ -99,7 +100,12 @@ def parameters(opts: SlurmOptions, job_name: str) -> dict:
     if opts.time:
         minutes = time_minutes(opts.time)
         # submitit asks Slurm for a warning signal this long before the limit (handled in nodejob)
-        p.update(time=minutes, signal_delay_s=int(min(90, max(10, minutes * 15))))
+        delay = int(min(90, max(10, minutes * 15)))
+        p.update(time=minutes, signal_delay_s=delay)
+    # Slurm sends --signal to every process of the job step, the experiment's too; submitit's USR2
+    # would kill a training script that does not handle it. SIGURG is ignored unless handled: the
+    # node job notes it as the warning that the time limit is near.
+    extra["signal"] = f"URG@{delay}"
     for name in ("partition", "gpus_per_node", "cpus_per_task", "mem"):
         value = getattr(opts, name)
         if value is not None:
@@ -159,22 +165,33 @@ def queue(job_name: str) -> Optional[Dict[str, Tuple[str, str]]]:
 
 
 def accounting(job_ids: Sequence[str]) -> Dict[str, dict]:
-    """{job id: {"state", "exit_code", "node", "elapsed"}} from sacct for the jobs (and array tasks)
-    of `job_ids`; empty when accounting does not answer."""
+    """{job id: {"state", "exit_code", "node", "elapsed", "step_signal"}} from sacct for the jobs
+    (and array tasks) of `job_ids`; `step_signal`: the signal that ended the job's srun step (the
+    node job), if one did. Empty when accounting does not answer."""
     roots = sorted({j.split("_")[0] for j in job_ids})
     if not roots:
         return {}
     try:
-        p = subprocess.run(["sacct", "-n", "-X", "-P", "-j", ",".join(roots), "-o", "JobID,State,ExitCode,NodeList,Elapsed"],
+        p = subprocess.run(["sacct", "-n", "-P", "-j", ",".join(roots), "-o", "JobID,State,ExitCode,NodeList,Elapsed"],
                            capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return {}
-    out = {}
+    out: Dict[str, dict] = {}
+    steps = []
     for line in p.stdout.splitlines() if p.returncode == 0 else []:
         parts = line.strip().split("|")
-        if len(parts) >= 5:
-            out[parts[0]] = {"state": parts[1].split()[0] if parts[1] else "", "exit_code": parts[2],
-                             "node": parts[3], "elapsed": parts[4]}
+        if len(parts) < 5:
+            continue
+        jid, _, step = parts[0].partition(".")
+        if step:
+            steps.append((jid, step, parts[2]))
+            continue
+        out[jid] = {"state": parts[1].split()[0] if parts[1] else "", "exit_code": parts[2], "node": parts[3],
+                    "elapsed": parts[4], "step_signal": None}
+    for jid, step, code in steps:
+        sig = code.partition(":")[2]
+        if step.isdigit() and jid in out and sig.isdigit() and int(sig):
+            out[jid]["step_signal"] = int(sig)
     return out
 
 

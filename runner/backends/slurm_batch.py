@@ -27,6 +27,8 @@ ENDED_STATES = {"TIMEOUT": "killed by Slurm at the job's time limit{limit}",
                 "PREEMPTED": "preempted by Slurm",
                 "BOOT_FAIL": "the node {node} failed to boot for the job",
                 "DEADLINE": "killed by Slurm at the job's deadline"}
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+                "DEADLINE"}
 ORDER = ("pending", "running", "passed", "failed", "blocked", "interrupted")
 
 
@@ -236,7 +238,9 @@ class SlurmBatch:
         tasks = []
         for j in todo:
             pf = self.preflights[j.id]
-            tasks.append(NodeTask(run_dir=self.run_dir, experiment_id=j.id, env=pf.child.popen_env(),
+            # the launch context's environment: the node applies the runner's policy (caches, offline,
+            # interpreter) again in its own view, as the local backend does here
+            tasks.append(NodeTask(run_dir=self.run_dir, experiment_id=j.id, env=dict(self.ctx.launch.env),
                                   env_set=dict(pf.child.env_set), no_energy=self.no_energy, kill_wait=wait,
                                   login={"verdict": pf.verdict, "blocked_by": list(pf.blocked_by)}))
         self.journal.write("slurm-submitting", folder=folder, experiments=[t.experiment_id for t in tasks],
@@ -315,17 +319,19 @@ class SlurmBatch:
         state = acct.get("state", "")
         rec = read_json(self._exp_path(eid))
         mine = isinstance(rec, dict) and (rec.get("slurm") or {}).get("job_id") == jid
-        if not mine and not forced:
-            # the record may be a moment behind (a network filesystem), and sacct behind squeue
-            first = self.gone.setdefault(jid, time.monotonic())
-            if state in ("", "RUNNING", "PENDING", "COMPLETING", "COMPLETED") and time.monotonic() - first < 15:
+        if not forced:
+            # sacct may be a moment behind squeue, and the record behind the job (a network filesystem)
+            waited = time.monotonic() - self.gone.setdefault(jid, time.monotonic())
+            if state not in FINAL_STATES and waited < (5 if mine else 15):
+                return
+            if not mine and state == "COMPLETED" and waited < 15:
                 return
         del self.open[jid]
         self.states.pop(eid, None)
         job = self.by_id[eid]
         node = acct.get("node") or ((rec or {}).get("slurm") or {}).get("node", "") if mine else acct.get("node", "")
         info = {"job_id": jid, "state": state, "node": node, "exit_code": acct.get("exit_code", ""),
-                "elapsed": acct.get("elapsed", ""), "log": self._log_path(jid)}
+                "step_signal": acct.get("step_signal"), "elapsed": acct.get("elapsed", ""), "log": self._log_path(jid)}
         if mine:
             rec = self._amend(rec, info)
         else:
@@ -349,14 +355,18 @@ class SlurmBatch:
         """The job's own record, with what only Slurm knows: a time limit or a kill ended it."""
         from runner.results import write_json
 
-        slurm = dict(rec.get("slurm") or {}, state=info["state"], exit_code=info["exit_code"], log=info["log"])
+        slurm = dict(rec.get("slurm") or {}, **{k: v for k, v in info.items() if k != "node" or v})
         rec = dict(rec, slurm=slurm)
         why = self._slurm_reason(info)
-        if rec.get("status") == "interrupted" and why and not self.cancelled:
-            user = rec["foreground"] if isinstance(rec.get("foreground"), dict) else rec
+        user = rec["foreground"] if isinstance(rec.get("foreground"), dict) else rec
+        if rec.get("status") in ("interrupted", "failed") and why and not self.cancelled:
             user["error_message"] = f"{why} ({user.get('error_message', '')})"
             user["training_success"] = False
             rec["status"] = "failed"
+        elif rec.get("status") == "failed" and self.cancelled and info["state"] == "CANCELLED":
+            # Slurm's SIGTERM reached the experiment's processes before the node job could stop them
+            user["error_message"] = f"interrupted: cancelled by the runner (Ctrl-C) ({user.get('error_message', '')})"
+            rec["status"] = "interrupted"
         write_json(self._exp_path(rec["experiment_id"]), rec)  # the job has ended: the folder is ours again
         return rec
 
@@ -365,12 +375,11 @@ class SlurmBatch:
         limit = f" (--time {self.slurm.time})" if self.slurm.time else ""
         if state in ENDED_STATES:
             return ENDED_STATES[state].format(limit=limit, node=info.get("node") or "?")
-        code, sig = exit_signal(info.get("exit_code", ""))
+        sig = info.get("step_signal") or exit_signal(info.get("exit_code", ""))[1]
+        killed = f"killed by signal {_signal_name(sig)}" if sig else ""
         if state == "CANCELLED" and not self.cancelled:
-            return "cancelled outside the runner (scancel)" + (f", signal {sig}" if sig else "")
-        if sig:
-            return f"the job was killed by signal {sig}"
-        return ""
+            return (killed + ": " if killed else "") + "cancelled outside the runner (scancel)"
+        return f"the job was {killed}" if killed else ""
 
     def _lost(self, job, info: Mapping[str, str]) -> dict:
         """No record from the job: it died before writing one, or never started."""
@@ -389,7 +398,8 @@ class SlurmBatch:
         excerpt = [mask_text(x, env) for x in error_excerpt(lines)] if lines else []
         code, _sig = exit_signal(info.get("exit_code", ""))
         return self._record_here(job, status, f"{why} on node {info.get('node') or '?'} (Slurm job {info['job_id']})",
-                                 slurm=dict(info), excerpt=excerpt, exit_code=code if code else None)
+                                 slurm=dict(info), excerpt=excerpt, exit_code=code if code else None,
+                                 duration=elapsed_seconds(info.get("elapsed", "")))
 
     def _tell(self, eid: str, rec: Mapping[str, object], node: str) -> None:
         user = rec["foreground"] if isinstance(rec.get("foreground"), dict) else rec
@@ -400,6 +410,25 @@ class SlurmBatch:
 
 class SubmitError(Exception):
     """sbatch refused the batch (one line for the terminal)."""
+
+
+def elapsed_seconds(text: str) -> float:
+    """sacct's Elapsed ([D-]HH:MM:SS) in seconds; 0 when unreadable."""
+    days, _, hms = (text or "").rpartition("-")
+    try:
+        parts = [int(x) for x in hms.split(":")]
+        return float(int(days or 0) * 86400 + sum(v * 60 ** i for i, v in enumerate(reversed(parts))))
+    except ValueError:
+        return 0.0
+
+
+def _signal_name(num: int) -> str:
+    import signal
+
+    try:
+        return f"{num} ({signal.Signals(num).name})"
+    except ValueError:
+        return str(num)
 
 
 def _task_index(jid: str) -> int:
