@@ -26,6 +26,8 @@ class Check:
 
 CHECKS = (
     Check("settings", "lint", "Settings file", "checks.settings:check_lint"),
+    Check("settings", "values", "Values the runner will use", "checks.settings:check_values"),
+    Check("settings", "repos", "Repo folders and train scripts", "checks.repo:check_repos"),
     Check("settings", "needs-declared", "Model needs declared", "checks.settings:check_needs_declared"),
     Check("settings", "history", "Deduplication history (historical_csvs)", "checks.history:check_history"),
     Check("cache", "needs", "Weights, data and interpreters in the launch context", "checks.cache:check_needs"),

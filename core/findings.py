@@ -60,9 +60,6 @@ DECLARED: Tuple[Declared, ...] = (
     Declared("settings.train-script.empty", "settings", FAIL, "false-success"),
     Declared("settings.discovery.unresolved", "settings", WARN),
     Declared("settings.discovery.unattributed", "settings", WARN),
-    Declared("settings.repo.*", "settings", FAIL, "config.error"),
-    Declared("settings.train-script.not-executable", "settings", FAIL, "permission.denied"),
-    Declared("settings.train-script.*", "settings", FAIL, "config.error"),
     # cache: each need where the launched process looks
     Declared("cache.*.present", "cache", OK),
     Declared("cache.hub.missing", "cache", FAIL, "hub.cache-miss"),
