@@ -14,7 +14,7 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-from core.vocab import FAIL, UNVERIFIED
+from core.vocab import BLOCKED, FAIL, UNVERIFIED
 from runner.results import FORMAT_VERSION, STATUSES
 
 
@@ -226,14 +226,62 @@ def _settings_gate(args, ctx, jobs, options, say) -> Optional[int]:
     return 1
 
 
+def _jobs(args, ctx, manifest: Optional[dict]):
+    """(seed, jobs): drawn afresh, or for --resume the values run.json recorded."""
+    from core.errors import UsageError
+    from runner.expand import expand, jobs_from_manifest
+
+    if manifest is None:
+        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
+        return seed, expand(ctx.plan.experiments, ctx.registry, seed)
+    jobs = jobs_from_manifest(ctx.plan.experiments, manifest["experiments"])
+    missing = [r["id"] for r in manifest["experiments"] if r["id"] not in {j.id for j in jobs}]
+    if missing:
+        raise UsageError(f"--resume {args.resume}: the settings file no longer produces {', '.join(missing[:3])}"
+                         f"{' ...' if len(missing) > 3 else ''}; resume with the settings the run started with")
+    return manifest.get("seed"), jobs
+
+
+def _run_json(ctx, ns, options, jobs, seed, started: float, slurm) -> dict:
+    """The run's manifest: what --resume needs to continue it exactly."""
+    return {"format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "created_epoch": started, "experiment_name": ctx.plan.name, "settings_file": ctx.plan.file,
+            "models_config": ctx.registry.path, "project_root": ctx.options.project_root, "launch": ns.launch,
+            "only": ns.only, "probe_timeout": ns.timeout, "seed": seed,
+            "options": {"require_preflight": options.require_preflight, "strict": options.strict,
+                        "timeout": options.timeout, "grace": options.grace,
+                        "max_retries": options.max_retries, "retry_delay": options.retry_delay,
+                        "wait_for_gpu": options.wait_for_gpu, "backend": options.backend},
+            "argv": list(sys.argv), "experiments": [j.to_dict() for j in jobs],
+            **({"slurm": slurm.to_dict()} if slurm else {})}
+
+
+def _energy(args, ctx, base_report, preflights):
+    """Whether and how experiments are measured with perf (judged in the children's environment)."""
+    from runner.energy import EnergyPlan
+    from runner.energy import plan as energy_plan
+
+    if args.no_energy:
+        return EnergyPlan(why_not="--no-energy")
+    some = next(iter(preflights.values()), None)
+    return energy_plan(ctx, base_report, some.child.popen_env() if some else ctx.launch.env,
+                       some.child.prefix if some else ())
+
+
+def _say_preflight(say, jobs, preflights, options) -> None:
+    blocked = [pf for pf in preflights.values() if pf.verdict == BLOCKED]
+    unverified = [pf for pf in preflights.values() if pf.verdict == UNVERIFIED]
+    say(f"preflight: {len(jobs) - len(blocked) - len(unverified)} can run, {len(blocked)} blocked"
+        + ("" if options.require_preflight or not blocked else " (running them anyway: no --require-preflight)")
+        + (f", {len(unverified)} unverified" + (" (held back: --strict)" if options.strict else " (running them: no --strict)")
+           if unverified else ""))
+
+
 def run(args) -> int:
     from doctor.cli import UsageError
     from core.ownership import sudo_owner
     from runner.batch import Batch, new_run_dir
     from runner.execute import StopRequest
-    from runner.expand import expand, jobs_from_manifest
-    from runner.energy import EnergyPlan
-    from runner.energy import plan as energy_plan
     from runner.launchenv import preflight
     from runner.manifest import load_manifest
     from runner.results import write_json
@@ -246,16 +294,7 @@ def run(args) -> int:
     ctx, ns = _context(args, manifest)
     console = Console()
     say = console.say
-    if manifest is not None:
-        seed = manifest.get("seed")
-        jobs = jobs_from_manifest(ctx.plan.experiments, manifest["experiments"])
-        missing = [r["id"] for r in manifest["experiments"] if r["id"] not in {j.id for j in jobs}]
-        if missing:
-            raise UsageError(f"--resume {args.resume}: the settings file no longer produces {', '.join(missing[:3])}"
-                             f"{' ...' if len(missing) > 3 else ''}; resume with the settings the run started with")
-    else:
-        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
-        jobs = expand(ctx.plan.experiments, ctx.registry, seed)
+    seed, jobs = _jobs(args, ctx, manifest)
     options = _options_from(args, manifest)
     if options.max_retries < 0:
         options.max_retries = ctx.plan.max_retries
@@ -271,12 +310,7 @@ def run(args) -> int:
 
     quiet_progress = (lambda _m: None) if (args.json and args.dry_run) else say
     base_report, preflights = preflight(ctx, [j.experiment for j in jobs], progress=quiet_progress)
-    if args.no_energy:
-        energy = EnergyPlan(why_not="--no-energy")
-    else:
-        some = next(iter(preflights.values()), None)
-        energy = energy_plan(ctx, base_report, some.child.popen_env() if some else ctx.launch.env,
-                             some.child.prefix if some else ())
+    energy = _energy(args, ctx, base_report, preflights)
     if args.dry_run:
         return _dry_run(args, ctx, jobs, preflights, seed, energy,
                         extra=slurm_batch.dry_run_extra(slurm, args.results_dir or "results", len(jobs)) if slurm else None)
@@ -295,24 +329,9 @@ def run(args) -> int:
         except OSError as e:
             raise UsageError(f"--results-dir {results_dir}: cannot create a run folder: {e.strerror}") from None
         since = started - 1.0
-        write_json(os.path.join(run_dir, "run.json"), {
-            "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-            "created_epoch": started, "experiment_name": ctx.plan.name, "settings_file": ctx.plan.file,
-            "models_config": ctx.registry.path, "project_root": ctx.options.project_root, "launch": ns.launch,
-            "only": ns.only, "probe_timeout": ns.timeout, "seed": seed,
-            "options": {"require_preflight": options.require_preflight, "strict": options.strict,
-                        "timeout": options.timeout, "grace": options.grace,
-                        "max_retries": options.max_retries, "retry_delay": options.retry_delay,
-                        "wait_for_gpu": options.wait_for_gpu, "backend": options.backend},
-            "argv": list(sys.argv), "experiments": [j.to_dict() for j in jobs],
-            **({"slurm": slurm.to_dict()} if slurm else {})})
-    blocked = [pf for pf in preflights.values() if pf.verdict == "blocked"]
-    unverified = [pf for pf in preflights.values() if pf.verdict == UNVERIFIED]
+        write_json(os.path.join(run_dir, "run.json"), _run_json(ctx, ns, options, jobs, seed, started, slurm))
     say(f"mutation-run: {ctx.plan.name}: {len(jobs)} experiment(s) -> {run_dir}")
-    say(f"preflight: {len(jobs) - len(blocked) - len(unverified)} can run, {len(blocked)} blocked"
-        + ("" if options.require_preflight or not blocked else " (running them anyway: no --require-preflight)")
-        + (f", {len(unverified)} unverified" + (" (held back: --strict)" if options.strict else " (running them: no --strict)")
-           if unverified else ""))
+    _say_preflight(say, jobs, preflights, options)
 
     stop = StopRequest().install()
     if slurm:
@@ -335,6 +354,11 @@ def run(args) -> int:
         changed = batch.give_back_all()
         if changed:
             say(f"gave {len(changed)} file(s) created as root back to {owner[2]}")
+    return _finish(args, ctx, jobs, outcomes, stop, run_dir, say)
+
+
+def _finish(args, ctx, jobs, outcomes, stop, run_dir: str, say) -> int:
+    """The summary line, the exit code, and with --json the outcome object."""
     counts = {s: sum(o.status == s for o in outcomes) for s in STATUSES}
     not_started = len(jobs) - len(outcomes)
     say(f"summary: {counts['passed']} passed, {counts['failed']} failed, {counts['blocked']} blocked"
