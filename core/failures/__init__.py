@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
-from core.failures.catalogue import BY_ID, IDS, RULES, CauseRule, classify_exception, classify_text, decisive
+from core.failures.catalogue import classify_exception, classify_text, decisive
+from core.failures.causes import BY_ID, IDS, RULES, CauseRule
 from core.failures.traceback import Chain, ExceptionRecord, find_fatal
 
 

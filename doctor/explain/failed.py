@@ -238,8 +238,8 @@ class FailureCauses:
                 f["offline_sentence"] = ("The Hub could not be reached or answered without the file, and the "
                                          "local-cache fallback found nothing.")
         if cid in ("hub.connection", "hub.tls", "hub.timeout") and ch is not None and \
-                any(cat._CACHE_MISS.search(r.line_text) for r in ch.records):
-            f["hub_fallback_sentence"] = cat._HUB_NOTE.format(hf_cache_or_run=f["hf_cache_or_run"])
+                any(cat.is_cache_miss(r.line_text) for r in ch.records):
+            f["hub_fallback_sentence"] = cat.HUB_NOTE.format(hf_cache_or_run=f["hf_cache_or_run"])
         if cid == "python.module-missing":
             mod = cat.module_name(msg) or "a module"
             f["module"] = mod

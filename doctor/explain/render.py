@@ -181,112 +181,94 @@ def render_markdown(report: BatchReport, rerun_file: Optional[str] = None) -> st
 
 
 def _markdown(report: BatchReport, rerun_file: Optional[str] = None) -> str:
-    L: List[str] = []
-    L.append(f"# Failure report: {report.root}")
-    L.append("")
-    L.append("## What ran")
-    L.append("")
-    span = _span(report)
-    L.append(f"{headline(report)}." + (f" Timestamps from {span}." if span else "") + f" {precision_line(report)}.")
-    L.append("")
-    L.append("| run folder | experiments | succeeded | failed | blocked | suspicious |")
-    L.append("|---|---:|---:|---:|---:|---:|")
-    for run in report.runs:
-        ex = [e for e in report.explanations if e.run == run]
-        c = {s: sum(1 for e in ex if e.status == s) for s in (SUCCEEDED, FAILED, BLOCKED, SUSPICIOUS)}
-        L.append(f"| {run} | {len(ex)} | {c[SUCCEEDED]} | {c[FAILED]} | {c[BLOCKED]} | {c[SUSPICIOUS]} |")
-    L.append("")
+    L: List[str] = [f"# Failure report: {report.root}", ""]
+    _md_runs(report, L)
     groups = by_cause(report)
     if groups:
-        L.append("## Causes")
-        L.append("")
-        L.append("| cause | experiments | confidence |")
-        L.append("|---|---:|---|")
+        L += ["## Causes", "", "| cause | experiments | confidence |", "|---|---:|---|"]
         for cid, members in groups.items():
             confs = sorted({m.cause.confidence for m in members})
             L.append(f"| `{cid}` | {len(members)} | {_conf_range(confs)} |")
         L.append("")
     for cid, members in groups.items():
-        rep = representative(members)
-        L.append(f"### `{cid}`: {rep.cause.title}")
+        _md_cause(cid, members, L)
+    _md_succeeded(report, L)
+    _md_rerun(report, rerun_file, L)
+    L.append("")
+    return "\n".join(L)
+
+
+def _md_runs(report: BatchReport, L: List[str]) -> None:
+    span = _span(report)
+    L += ["## What ran", "",
+          f"{headline(report)}." + (f" Timestamps from {span}." if span else "") + f" {precision_line(report)}.", "",
+          "| run folder | experiments | succeeded | failed | blocked | suspicious |", "|---|---:|---:|---:|---:|---:|"]
+    for run in report.runs:
+        ex = [e for e in report.explanations if e.run == run]
+        c = {s: sum(1 for e in ex if e.status == s) for s in (SUCCEEDED, FAILED, BLOCKED, SUSPICIOUS)}
+        L.append(f"| {run} | {len(ex)} | {c[SUCCEEDED]} | {c[FAILED]} | {c[BLOCKED]} | {c[SUSPICIOUS]} |")
+    L.append("")
+
+
+def _md_cause(cid: str, members: Sequence[Explanation], L: List[str]) -> None:
+    rep = representative(members)
+    L += [f"### `{cid}`: {rep.cause.title}", "", "| experiment | status | confidence | decisive evidence |",
+          "|---|---|---:|---|"]
+    for m in members:
+        L.append(f"| {m.experiment_id} | {m.status} | {m.cause.confidence:.2f} | {_md_escape(ev_text(m))} |")
+    L += ["", f"**Chain of events** (for {rep.experiment_id}, `{rep.path}`):", ""]
+    L.extend(_numbered(rep.chain))
+    L.append("")
+    if rep.evidence:
+        L += ["Evidence:", ""]
+        L.extend(f"- `{v.location}`: {_md_escape(v.text)}" for v in rep.evidence)
         L.append("")
-        L.append("| experiment | status | confidence | decisive evidence |")
-        L.append("|---|---|---:|---|")
-        for m in members:
-            L.append(f"| {m.experiment_id} | {m.status} | {m.cause.confidence:.2f} | {_md_escape(ev_text(m))} |")
-        L.append("")
-        L.append(f"**Chain of events** (for {rep.experiment_id}, `{rep.path}`):")
-        L.append("")
-        L.extend(_numbered(rep.chain))
-        L.append("")
-        if rep.evidence:
-            L.append("Evidence:")
+    fixes = union_fix(members)
+    if fixes:
+        L += ["**Fix:**", "", "```sh", *fixes, "```", ""]
+    others = [m for m in members if m is not rep and m.chain != rep.chain]
+    if others:
+        L += ["<details><summary>Chain of events for the other experiments</summary>", ""]
+        for m in others:
+            L += [f"**{m.experiment_id}** (`{m.path}`)", ""]
+            L.extend(_numbered(m.chain))
             L.append("")
-            for v in rep.evidence:
-                L.append(f"- `{v.location}`: {_md_escape(v.text)}")
-            L.append("")
-        fixes = union_fix(members)
-        if fixes:
-            L.append("**Fix:**")
-            L.append("")
-            L.append("```sh")
-            L.extend(fixes)
-            L.append("```")
-            L.append("")
-        others = [m for m in members if m is not rep and m.chain != rep.chain]
-        if others:
-            L.append("<details><summary>Chain of events for the other experiments</summary>")
-            L.append("")
-            for m in others:
-                L.append(f"**{m.experiment_id}** (`{m.path}`)")
-                L.append("")
-                L.extend(_numbered(m.chain))
-                L.append("")
-            L.append("</details>")
-            L.append("")
+        L += ["</details>", ""]
+
+
+def _md_succeeded(report: BatchReport, L: List[str]) -> None:
     rows = needs_table(report)
     if rows:
-        L.append("## Why the others succeeded")
-        L.append("")
-        L.append("Pretrained weights per model: where they come from, the cache the run used, and whether "
-                 "they were there.")
-        L.append("")
-        L.append("| model | weights | from | cache the run used | present | how we know | experiments |")
-        L.append("|---|---|---|---|---|---|---:|")
-        for r in rows:
-            L.append("| " + " | ".join(_md_escape(str(x)) for x in r) + " |")
+        L += ["## Why the others succeeded", "",
+              "Pretrained weights per model: where they come from, the cache the run used, and whether "
+              "they were there.", "",
+              "| model | weights | from | cache the run used | present | how we know | experiments |",
+              "|---|---|---|---|---|---|---:|"]
+        L.extend("| " + " | ".join(_md_escape(str(x)) for x in r) + " |" for r in rows)
         L.append("")
     noise = [(e, n) for e in report.explanations for n in e.notes if n.startswith("ignored traceback")]
     if noise:
-        L.append("## Tracebacks that were not causes")
+        L += ["## Tracebacks that were not causes", ""]
+        L.extend(f"- {e.experiment_id}: {n[len('ignored traceback at '):]} (the run went on to succeed)"
+                 for e, n in noise)
         L.append("")
-        for e, n in noise:
-            L.append(f"- {e.experiment_id}: {n[len('ignored traceback at '):]} (the run went on to succeed)")
-        L.append("")
-    L.append("## What to rerun")
-    L.append("")
+
+
+def _md_rerun(report: BatchReport, rerun_file: Optional[str], L: List[str]) -> None:
+    L += ["## What to rerun", ""]
     rr = report.to_rerun
     if not rr:
         L.append("Nothing: no experiment failed or was held back.")
     else:
-        L.append(f"{len(rr)} experiment(s) failed or were held back: "
-                 + ", ".join(e.experiment_id for e in rr) + ".")
-        L.append("")
+        L += [f"{len(rr)} experiment(s) failed or were held back: " + ", ".join(e.experiment_id for e in rr) + ".", ""]
         if rerun_file:
-            L.append(f"Settings file with just these, recorded hyperparameters kept: `{rerun_file}`. After the "
-                     "fixes above:")
-            L.append("")
-            L.append("```sh")
-            L.append(f"mutation-doctor -ec {rerun_file}")
-            L.append(f"mutation-run --require-preflight -ec {rerun_file}")
-            L.append("```")
+            L += [f"Settings file with just these, recorded hyperparameters kept: `{rerun_file}`. After the "
+                  "fixes above:", "", "```sh", f"mutation-doctor -ec {rerun_file}",
+                  f"mutation-run --require-preflight -ec {rerun_file}", "```"]
     sus = [e for e in report.explanations if e.status == SUSPICIOUS]
     if sus:
-        L.append("")
-        L.append(f"Not included, check by hand: {len(sus)} suspicious run(s) ("
-                 + ", ".join(e.experiment_id for e in sus) + ").")
-    L.append("")
-    return "\n".join(L)
+        L += ["", f"Not included, check by hand: {len(sus)} suspicious run(s) ("
+              + ", ".join(e.experiment_id for e in sus) + ")."]
 
 
 def _numbered(steps: Sequence[str]) -> List[str]:
