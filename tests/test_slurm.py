@@ -114,6 +114,22 @@ def attempt_started(root: Path, eid: str) -> bool:
     return path.exists() and '"attempt-start"' in path.read_text()
 
 
+def node_job_pid(job_id: str) -> int:
+    """The pid of the node job (submitit's python) of Slurm job or array task `job_id`."""
+    root, _, task = job_id.partition("_")
+    want = {f"SLURM_ARRAY_JOB_ID={root}".encode(), f"SLURM_ARRAY_TASK_ID={task}".encode()} if task else \
+        {f"SLURM_JOB_ID={root}".encode()}
+    for d in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes()
+            env = set(Path(f"/proc/{d}/environ").read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        if b"submitit.core._submit" in cmd and want <= env:
+            return int(d)
+    raise AssertionError(f"no node job process for {job_id}")
+
+
 def submitted(root: Path) -> bool:
     return (root / "results").is_dir() and any(e["event"] == "slurm-submitted" for e in journal(root)) \
         if list((root / "results").glob("run_*/journal.jsonl")) else False
@@ -184,8 +200,8 @@ def test_a_need_missing_on_the_node_only_blocks_there(cluster, tmp_path):
 
 @pytest.mark.slow
 def test_time_limit_and_a_signal_kill_are_recorded_from_slurm(cluster, tmp_path):
-    """One batch (Slurm's time limits are minutes): one passes, one runs into --time 1, one is
-    killed with SIGKILL from outside (scancel), so its job dies without writing a record."""
+    """One batch (Slurm's time limits are minutes): one passes, one runs into --time 1, and the node
+    job of the third is killed with SIGKILL (as the OOM killer would), so it dies without a record."""
     script = """#!/bin/bash
 echo "start $4"
 if [ "$4" = 1 ]; then echo "ACC 0.5"; exit 0; fi
@@ -198,7 +214,7 @@ sleep 300
         assert wait_for(lambda: submitted(root), 60)
         jobs = next(e for e in journal(root) if e["event"] == "slurm-submitted")["jobs"]
         assert wait_for(lambda: attempt_started(root, "r_m_003"), 60)
-        subprocess.run(["scancel", "--signal=KILL", jobs["r_m_003"]], check=True, timeout=30)
+        os.kill(node_job_pid(jobs["r_m_003"]), signal.SIGKILL)
         out, err = proc.communicate(timeout=200)
     finally:
         proc.kill()
@@ -209,7 +225,8 @@ sleep 300
     assert timed["error_message"].startswith("killed by Slurm at the job's time limit (--time 1)")
     killed = record(root, "r_m_003")
     assert killed["status"] == "failed" and killed["slurm"]["step_signal"] == signal.SIGKILL
-    assert "killed by signal 9 (SIGKILL)" in killed["error_message"] and jobs["r_m_003"] in killed["error_message"]
+    assert killed["error_message"].startswith("the job was killed by signal 9 (SIGKILL) on node")
+    assert jobs["r_m_003"] in killed["error_message"] and killed["slurm"]["state"] == "FAILED"
     assert not batch_jobs(root)
 
 
