@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 FORMAT_VERSION = 1
@@ -24,7 +25,8 @@ _HF_DIR = re.compile(r"^(models|datasets|spaces)--(.+)$")
 _WEIGHT_EXT = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".h5", ".onnx", ".gguf")
 _CODE_EXT = (".py", ".pyc", ".pyi", ".pth", ".so", ".pyd", ".dist-info", ".egg-info")
 _SYSTEM = ("/usr/", "/lib/", "/lib64/", "/etc/", "/proc/", "/sys/", "/dev/", "/run/", "/var/lib/", "/bin/", "/sbin/")
-_PACKAGES = ("/site-packages/", "/dist-packages/", "/__pycache__/", ".egg-info/", ".dist-info/")
+_PACKAGES = ("/site-packages/", "/dist-packages/", "/__pycache__/", ".egg-info/", ".dist-info/",
+             "/torchinductor_", "/.triton/", "/triton_cache/")  # compiler caches are not needs
 
 
 def read_lines(folder: str, skip_background: bool = True) -> List[dict]:
@@ -214,6 +216,15 @@ def _interpreters(lines: List[dict]) -> List[dict]:
     return [out[k] for k in sorted(out)]
 
 
+def _older(path: str, started: Optional[float]) -> bool:
+    """A regular file that existed before the run started (a file the run wrote is an output)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and (started is None or st.st_mtime < started)
+
+
 def _weights_in(folder: str, started: Optional[float]) -> List[str]:
     """Weight-like files in a folder the training read (the observer records only the first file
     read per folder); files written since the run started are its outputs, not its needs."""
@@ -253,6 +264,7 @@ def collect(folder: str, hasher: Optional[Callable[[str], str]] = None) -> dict:
             prefixes.add(os.path.dirname(os.path.dirname(os.path.realpath(r["executable"]))))
     cwds = sorted({r["cwd"] for r in procs if r.get("cwd")})
     hub, checkpoints, read_dirs, weight_files = _Hub(), {}, set(), set()
+    started = min((r.get("at") or 0) for r in procs) or None
     torch_hubs = {r.get("torch_hub") for r in procs if r.get("torch_hub")}
     for r in lines:
         kind = r.get("t")
@@ -269,12 +281,11 @@ def collect(folder: str, hasher: Optional[Callable[[str], str]] = None) -> dict:
             if not path.endswith((".partial", ".lock")):
                 checkpoints.setdefault(os.path.basename(path), path)
             continue
-        if _excluded(path, prefixes) or not os.path.isfile(path):
+        if _excluded(path, prefixes) or not _older(path, started):
             continue
         if path.endswith(_WEIGHT_EXT):
             weight_files.add(path)
         read_dirs.add(os.path.dirname(path))
-    started = min((r.get("at") or 0) for r in procs) or None
     for d in sorted(read_dirs):
         weight_files.update(_weights_in(d, started))
     home = [os.path.expanduser("~")]

@@ -226,3 +226,14 @@ def test_urls_lose_credentials_query_and_fragment():
         if env is not None:
             os.environ[OBSERVE_DIR_VAR] = env
     assert site._bare_url("https://user:tok@host.x/a/b.pth?X-Amz-Signature=s#f") == "https://host.x/a/b.pth"
+
+
+def test_what_the_run_writes_and_reads_back_is_an_output_not_a_need(tmp_path, clean_env):
+    (tmp_path / "data" / "set").mkdir(parents=True)
+    (tmp_path / "data" / "set" / "a.csv").write_text("1\n")
+    code = ("import os\nopen('data/set/a.csv').read()\nos.makedirs('out', exist_ok=True)\n"
+            "open('out/net_last.pth', 'wb').write(b'w')\nopen('out/net_last.pth', 'rb').read()\n")
+    p = _run([sys.executable, "-c", code], clean_env, tmp_path, tmp_path / "obs")
+    assert p.returncode == 0, p.stderr
+    needs = collect.collect(str(tmp_path / "obs"))
+    assert [f["relative"] for f in needs["folders"]] == ["data/set"] and needs["files"] == []
