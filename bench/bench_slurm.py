@@ -27,18 +27,9 @@ SCRIPT = '#!/bin/sh\nsleep {seconds}\necho "ACC 1.0"\n'
 
 
 def project(base: Path, name: str, n: int, seconds: float) -> Path:
-    root = base / name
-    repo = root / "repo"
-    repo.mkdir(parents=True)
-    (repo / "train.sh").write_text(SCRIPT.format(seconds=seconds))
-    (repo / "train.sh").chmod(0o755)
-    reg = {"models": {"r": {"path": "repo", "train_script": "./train.sh", "models": ["m"], "model_flag": "-n",
-                            "supported_hyperparams": {"epochs": {"flag": "--epochs", "type": "int", "default": 1}},
-                            "performance_metrics": {"log_patterns": {"acc": r"ACC ([0-9.]+)"}}}}}
-    (root / "models_config.json").write_text(json.dumps(reg))
-    exps = [{"mode": "default", "repo": "r", "model": "m", "hyperparameters": {"epochs": 1}}]
-    (root / "settings.json").write_text(json.dumps({"experiment_name": name, "runs_per_config": n, "experiments": exps}))
-    return root
+    from bench.bench_runner import project as runner_project
+
+    return runner_project(base, name, SCRIPT.format(seconds=seconds), n)
 
 
 def runner(root: Path, env: dict, *extra: str) -> subprocess.Popen:

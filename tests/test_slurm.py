@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support import slurm as slurm_support
 from tests.support.caches import clean_environ
+from tests.test_runner_run import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -97,15 +97,6 @@ def batch_jobs(root: Path) -> list:
     p = subprocess.run(["squeue", "-h", "-r", "-n", f"mutation-run.{run_dir(root).name}", "-o", "%i"],
                        capture_output=True, text=True, timeout=30)
     return p.stdout.split()
-
-
-def wait_for(predicate, timeout: float = 60.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def attempt_started(root: Path, eid: str) -> bool:
