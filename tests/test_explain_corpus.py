@@ -145,3 +145,40 @@ def test_siblings_raise_confidence_but_not_above_half(tmp_path):
     # One experiment folder given alone still sees its run's siblings.
     one = explain_path(str(run / HRNET_FAILURES[0].name))
     assert one.explanations[0].cause.confidence == hr[0].cause.confidence
+
+
+def test_real_runs_whose_patterns_failed_are_successes_with_metrics_not_extracted(tmp_path):
+    """The user's real successes with their metrics removed and their registry's patterns broken (the
+    history's 'metrics not extracted' failure kind): each is a success whose metrics were not extracted,
+    never a false success; the failures stay failures, the VulBERTa_cnn run stays suspicious."""
+    registry = CORPUS / "user-project" / "mutation" / "models_config.json"
+    if not RESULTS.is_dir() or not registry.is_file():
+        pytest.skip("corpus not available")
+    root = tmp_path / "results"
+    shutil.copytree(RESULTS, root)
+    reg = json.loads(registry.read_text())
+    for spec in reg["models"].values():
+        lp = spec.get("performance_metrics", {}).get("log_patterns", {})
+        for k in lp:
+            lp[k] = "NOT-PRINTED " + lp[k]
+    (tmp_path / "models_config.json").write_text(json.dumps(reg))
+    stripped = set()
+    for rec_path in root.rglob("experiment.json"):
+        rec = json.loads(rec_path.read_text())
+        body = rec.get("foreground", rec)
+        if body.get("training_success") and body.get("performance_metrics"):
+            body["performance_metrics"] = {}
+            rec_path.write_text(json.dumps(rec, indent=2))
+            stripped.add(str(rec_path.parent))
+    assert len(stripped) >= 100
+    r = explain_path(str(root), registry=str(tmp_path / "models_config.json"))
+    got = {e.path: e for e in r.explanations}
+    for p in stripped:
+        e = got[p]
+        assert (e.status, e.cause_id) == ("succeeded", "metrics.not-extracted"), (p, e.chain)
+    reid = [got[p] for p in stripped if "Person_reID" in p and (Path(p) / "terminal_output.txt").is_file()]
+    assert reid and all(e.cause.confidence > 0.5 for e in reid)
+    assert any("Rank@1" in v.text for e in reid for v in e.evidence)
+    assert any("Rank@1" in f for f in reid[0].fix), reid[0].fix
+    assert r.count("failed") == 6 and r.count("suspicious") == 1
+    assert got[str(root / VUL.relative_to(RESULTS))].cause_id == "false-success"

@@ -172,3 +172,17 @@ def test_seconds_next_to_minutes_long_siblings_is_suspicious_unless_the_gpu_work
     got = {e.experiment_id: e for e in explain_path(str(tmp_path / "results"),
                                                     registry=_registry(tmp_path, {"acc": r"Acc: ([0-9.]+)"})).explanations}
     assert got["r_m_003"].status == status, got["r_m_003"].chain
+
+
+def test_lookalike_lines_and_the_pattern_suggested_for_them():
+    import re
+
+    from doctor.explain.metrics import lookalikes, suggest_pattern
+    lines = list(enumerate(["Rank@10: 0.97", "bitmap 3", "Rank@1:0.879454 Rank@5:0.962886 mAP:0.697153",
+                            "Test Accuracy = 91.2%", "loss 0.3"]))
+    got = lookalikes(lines, ["rank1", "map", "test_accuracy"])
+    assert [i for i, _ in got["rank1"]] == [2] and [i for i, _ in got["map"]] == [2] and got["test_accuracy"][0][0] == 3
+    for line, name, value in (("Rank@1:0.879454 Rank@5:0.96", "rank1", "0.879454"),
+                              ("Test Accuracy = 91.2%", "test_accuracy", "91.2"), ("mAP:     0.697153%", "map", "0.697153")):
+        assert re.search(suggest_pattern(line, name), line).group(1) == value
+    assert suggest_pattern("Rank@10: 0.97", "rank1") is None

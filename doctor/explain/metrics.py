@@ -23,33 +23,44 @@ def _norm(text: str) -> str:
     return _ALNUM.sub("", text.lower())
 
 
+def _name_rx(name: str) -> Optional["re.Pattern[str]"]:
+    """The metric's name as it may be printed: its letters and digits in order, anything but a
+    letter or digit between them, not inside a longer word or number ("rank1" finds "Rank@1"
+    and "rank_1", not "Rank@10")."""
+    key = _norm(name)
+    if not key:
+        return None
+    return re.compile(r"(?<![a-z0-9])" + r"[^a-z0-9\n]{0,3}".join(map(re.escape, key)) + r"(?![a-z0-9])")
+
+
 def lookalikes(lines: Sequence[Tuple[int, str]], names: Sequence[str], limit: int = 3) -> Dict[str, List[Tuple[int, str]]]:
     """For each metric name, up to `limit` (index, line) pairs that look like it, last ones first."""
-    keys = {n: _norm(n) for n in names if _norm(n)}
+    rxs = {n: rx for n, rx in ((n, _name_rx(n)) for n in names) if rx is not None}
     out: Dict[str, List[Tuple[int, str]]] = {}
     for i, line in lines:
         if len(line) > MAX_LINE or not _NUMBER.search(line):
             continue
-        flat = _norm(line)
-        for name, key in keys.items():
+        low = line.lower()
+        for name, rx in rxs.items():
             got = out.setdefault(name, [])
-            if key in flat and len(got) < limit:
+            if len(got) < limit and rx.search(low):
                 got.append((i, line.strip()))
     return {k: v for k, v in out.items() if v}
 
 
+def label_of(line: str, name: str) -> str:
+    """The text from the metric's name up to its number in `line` ("Rank@1:"), or ""."""
+    rx = _name_rx(name)
+    low = line.lower()
+    m = rx.search(low) if rx and len(low) == len(line) else None
+    num = _NUMBER.search(line, m.end()) if m else None
+    return line[m.start():num.start()].strip() if num else ""
+
+
 def suggest_pattern(line: str, name: str) -> Optional[str]:
     """A regex with one group that captures the number following the metric's label in `line`."""
-    key = _norm(name)
-    for m in _NUMBER.finditer(line):
-        label = line[:m.start()]
-        if key and key in _norm(label):
-            # the label from where the name starts, its separators made flexible
-            start = next((s for s in range(len(label) - 1, -1, -1) if _norm(label[s:]).startswith(key)), 0)
-            lab = label[start:].rstrip()
-            words = [re.escape(w) for w in re.split(r"\s+", lab) if w]
-            return r"\s*".join(words) + r"\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)" if words else None
-    return None
+    words = [re.escape(w) for w in label_of(line, name).split()]
+    return r"\s*".join(words) + r"\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)" if words else None
 
 
 def pattern_checks(patterns: Mapping[str, str], lines: Sequence[str]) -> Dict[str, bool]:
@@ -130,7 +141,8 @@ class MetricsCheck:
             if rx:
                 fixes.append(f"\"{name}\": \"{rx}\"")
         f["lookalike_sentence"] = "The log holds lines that look like the metrics: " + "; ".join(said) + "."
-        f["lookalike_regex"] = "|".join(re.escape(n).replace("'", "") for n in sorted(found))
+        labels = {label_of(hits[0][1], name) for name, hits in found.items()} - {""}
+        f["lookalike_regex"] = "|".join(sorted(re.escape(x).replace("'", ".") for x in labels))
         if fixes:
             f["pattern_fix"] = ", ".join(fixes).replace("\\", "\\\\")
         return min(0.9, conf + 0.05)
