@@ -1,7 +1,8 @@
-"""mutation-run with the observer: real runs of a timm model from the loopback Hub's cache, a torchvision
-checkpoint, a local model folder and a dataset read by DataLoader workers produce needs.json beside
-experiment.json, an `observed` summary in the record and entries in the needs lock beside the registry;
-`--no-observe` leaves all of it out."""
+"""mutation-run with the observer: a real run loading a timm model from the loopback Hub's cache, a
+torchvision checkpoint and a local model folder, with a dataset read by DataLoader workers (one
+experiment, so torch is imported once), produces needs.json beside experiment.json, an `observed`
+summary in the record and entries in the needs lock beside the registry; `--no-observe` leaves all of
+it out; under real sudo the observation and the lock are the invoking user's."""
 import hashlib
 import json
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import HRNET_REPO, caches
+from tests.support import HRNET_REPO, caches, sudo_user
 from tests.test_observer import make_repo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,28 +21,25 @@ PY = sys.executable
 
 TRAIN = r'''
 import json, sys, torch
+from os import walk, path
 from torch.utils.data import DataLoader
-model = sys.argv[sys.argv.index("-n") + 1]
-if model == "hr":
-    import timm
-    from os import walk, path
 
-    class Files(torch.utils.data.Dataset):  # read by the forked DataLoader workers
-        files = sorted(path.join(d, f) for d, _, fs in walk("data/Market/pytorch") for f in fs)
-        def __len__(self):
-            return len(self.files)
-        def __getitem__(self, i):
-            with open(self.files[i], "rb") as f:
-                return len(f.read())
+class Files(torch.utils.data.Dataset):  # read by the forked DataLoader workers
+    files = sorted(path.join(d, f) for d, _, fs in walk("data/Market/pytorch") for f in fs)
+    def __len__(self):
+        return len(self.files)
+    def __getitem__(self, i):
+        with open(self.files[i], "rb") as f:
+            return len(f.read())
 
-    net = timm.create_model("hrnet_w18", pretrained=True)
-    n = sum(DataLoader(Files(), batch_size=None, num_workers=2))
-else:
-    import torchvision
-    net = torchvision.models.resnet18(weights="IMAGENET1K_V1")
+if sys.argv[sys.argv.index("-n") + 1] == "hr":
+    import timm, torchvision
+    hr = timm.create_model("hrnet_w18", pretrained=True)
+    tv = torchvision.models.resnet18(weights="IMAGENET1K_V1")
     cfg = json.load(open("models/local/config.json"))
     sd = torch.load("models/local/pytorch_model.bin", weights_only=True)
-print("ACC 0.5", sum(p.numel() for p in net.parameters()))
+    n = sum(DataLoader(Files(), batch_size=None, num_workers=2))
+print("ACC 0.5")
 '''
 
 
@@ -54,18 +52,19 @@ def _project(tmp_path, hf_cache, torch_home):
     (repo / "train.sh").write_text('#!/bin/bash\nexec python train.py "$@"\n')
     (repo / "train.sh").chmod(0o755)
     (root / "mutation").mkdir()
-    reg = {"models": {"reid": {"path": "repos/reid", "train_script": "./train.sh", "models": ["hr", "dn"],
+    reg = {"models": {"reid": {"path": "repos/reid", "train_script": "./train.sh", "models": ["hr", "noop"],
                                "model_flag": "-n", "supported_hyperparams": {},
                                "performance_metrics": {"log_patterns": {"acc": r"ACC ([0-9.]+)"}}}}}
     (root / "mutation" / "models_config.json").write_text(json.dumps(reg))
-    exps = [{"mode": "default", "repo": "reid", "model": m, "hyperparameters": {}} for m in ("hr", "dn")]
-    (root / "settings.json").write_text(json.dumps({"experiment_name": "t", "max_retries": 0, "experiments": exps}))
+    for name, model in (("settings.json", "hr"), ("noop.json", "noop")):
+        exps = [{"mode": "default", "repo": "reid", "model": model, "hyperparameters": {}}]
+        (root / name).write_text(json.dumps({"experiment_name": "t", "max_retries": 0, "experiments": exps}))
     return root, local
 
 
-def _run(root, env, *extra):
+def _run(root, env, *extra, settings="settings.json"):
     argv = [PY, "-m", "runner.cli", "--project-root", str(root), "--models-config",
-            str(root / "mutation" / "models_config.json"), "-ec", str(root / "settings.json"),
+            str(root / "mutation" / "models_config.json"), "-ec", str(root / settings),
             "--results-dir", str(root / "results"), "--only", "settings,cache", "--grace", "1", *extra]
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -89,11 +88,10 @@ def test_runs_fill_needs_json_the_record_and_the_lock(tmp_path, clean_env, hub_s
     p = _run(root, env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (run,) = sorted((root / "results").glob("run_*"))
-    for eid in ("reid_hr_001", "reid_dn_002"):
-        assert (run / eid / "needs.json").is_file() and not (run / eid / "observe").exists()
-    hr = json.loads((run / "reid_hr_001" / "experiment.json").read_text())
-    assert hr["observed"]["hub_files"] == [f"{HRNET_REPO}@main:model.safetensors"]
-    assert hr["observed"]["folders"] == ["data/Market/pytorch"]
+    assert (run / "reid_hr_001" / "needs.json").is_file() and not (run / "reid_hr_001" / "observe").exists()
+    rec = json.loads((run / "reid_hr_001" / "experiment.json").read_text())
+    assert rec["observed"]["hub_files"] == [f"{HRNET_REPO}@main:model.safetensors"]
+    assert rec["observed"]["folders"] == ["data/Market/pytorch", "models/local"]
 
     lock = json.loads((root / "mutation" / "needs.lock.json").read_text())
     slot = lock["repos"]["reid"]["hr"]
@@ -102,20 +100,51 @@ def test_runs_fill_needs_json_the_record_and_the_lock(tmp_path, clean_env, hub_s
                                                                      hub_server.commit(HRNET_REPO))
     assert hf["sha256"] == hashlib.sha256(hrnet_weights).hexdigest() and hf["size"] == len(hrnet_weights)
     assert hf["last_seen"]["run"] == f"{run.name}/reid_hr_001"
-    assert [f["path"] for f in slot["folders"]] == ["data/Market/pytorch"]
+    assert [(c["file"], c["sha256"]) for c in slot["checkpoints"]] == [(ckpt.name, _sha(ckpt))]
+    assert [f["path"] for f in slot["folders"]] == ["data/Market/pytorch", "models/local"]
+    assert [(f["path"], f["sha256"]) for f in slot["files"]] == [("models/local/pytorch_model.bin", _sha(local))]
     (interp,) = slot["interpreters"]
     assert interp["executable"] == PY and interp["torch"]["arch_list"]
-    dn = lock["repos"]["reid"]["dn"]
-    assert [(c["file"], c["sha256"]) for c in dn["checkpoints"]] == [(ckpt.name, _sha(ckpt))]
-    assert [f["path"] for f in dn["folders"]] == ["models/local"]
-    assert [(f["path"], f["sha256"]) for f in dn["files"]] == [("models/local/pytorch_model.bin", _sha(local))]
 
     # --no-observe: nothing injected, nothing recorded, the lock untouched
     before = (root / "mutation" / "needs.lock.json").read_bytes()
-    shutil.rmtree(root / "results")
-    p = _run(root, env, "--no-observe")
+    p = _run(root, env, "--no-observe", settings="noop.json")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    (run,) = sorted((root / "results").glob("run_*"))
-    assert not (run / "reid_hr_001" / "needs.json").exists()
-    assert "observed" not in json.loads((run / "reid_hr_001" / "experiment.json").read_text())
+    (exp,) = (root / "results").glob("run_*/reid_noop_001")
+    assert not (exp / "needs.json").exists() and not (exp / "observe").exists()
+    assert "observed" not in json.loads((exp / "experiment.json").read_text())
     assert (root / "mutation" / "needs.lock.json").read_bytes() == before
+
+
+@pytest.mark.skipif(sudo_user.skip_reason() is not None, reason=str(sudo_user.skip_reason()))
+@pytest.mark.skipif("observe" not in __import__("runner.batch", fromlist=["Options"]).Options.__dataclass_fields__,
+                    reason="mutation-run does not inject the observer yet")
+def test_under_real_sudo_the_observation_and_the_lock_are_the_users():
+    with sudo_user.throwaway_user() as u:
+        proj = u.mkdir("proj")
+        repo = proj / "repos" / "r"
+        (repo / "data" / "set").mkdir(parents=True)
+        (repo / "data" / "set" / "a.csv").write_text("1,2\n")
+        (repo / "train.sh").write_text("#!/bin/bash\nexec python3 -c \"open('data/set/a.csv').read(); print('ACC 1.0')\"\n")
+        (repo / "train.sh").chmod(0o755)
+        (proj / "mutation").mkdir()
+        (proj / "mutation" / "models_config.json").write_text(json.dumps({"models": {"r": {
+            "path": "repos/r", "train_script": "./train.sh", "models": ["m"], "model_flag": "-n",
+            "supported_hyperparams": {}, "performance_metrics": {"log_patterns": {"acc": r"ACC ([0-9.]+)"}}}}}))
+        (proj / "s.json").write_text(json.dumps({"experiment_name": "s", "experiments": [
+            {"mode": "default", "repo": "r", "model": "m", "hyperparameters": {}}]}))
+        for d, dirs, files in os.walk(proj):
+            for n in [*dirs, *files, ""]:
+                os.lchown(os.path.join(d, n), u.uid, u.gid)
+        argv = ["sudo", "-n", os.path.join(os.path.dirname(PY), "mutation-run"), "-ec", str(proj / "s.json"),
+                "--models-config", str(proj / "mutation" / "models_config.json"), "--project-root", str(proj),
+                "--only", "settings", "--no-energy", "--retry-delay", "0"]
+        p = u.run(argv, env=u.env(), cwd=str(proj), timeout=180)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        lock = proj / "mutation" / "needs.lock.json"
+        (needs,) = (proj / "results").glob("run_*/r_m_001/needs.json")
+        for path in (lock, Path(str(lock) + ".lock"), needs):
+            assert path.stat().st_uid == u.uid, path
+        slot = json.loads(lock.read_text())["repos"]["r"]["m"]
+        assert [f["path"] for f in slot["folders"]] == ["data/set"]
+        assert [i["executable"] for i in slot["interpreters"]] == [json.loads(needs.read_text())["interpreters"][0]["executable"]]
