@@ -23,15 +23,17 @@ HP = {"epochs": {"flag": "--epochs", "type": "int", "default": 1, "range": [1, 9
 
 @pytest.fixture(scope="session")
 def cluster():
-    """The test cluster, up for the session; the daemons this session started are stopped at its end."""
+    """The test cluster, up for the session; the daemons this session started are stopped at its end
+    (by the last of several sessions using it at once)."""
     reason = slurm_support.skip_reason()
     if reason:
         pytest.skip(reason)
     c = slurm_support.Cluster()
+    c.attach()
     try:
         c.up()
     except RuntimeError as e:
-        c.down()
+        c.detach()
         pytest.skip(str(e))
     old = {k: os.environ.get(k) for k in c.env()}
     os.environ.update(c.env())
@@ -41,7 +43,7 @@ def cluster():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    c.down()
+    c.detach()  # stops what this session started, unless another session still uses the cluster
 
 
 def project(tmp_path: Path, script: str, epochs=(1,), requires=None) -> Path:
@@ -128,6 +130,9 @@ def submitted(root: Path) -> bool:
 
 PASS_SCRIPT = """#!/bin/bash
 echo "args $* FROM_SUBMITTER=${FROM_SUBMITTER:-unset} SLURM_JOB_ID=${SLURM_JOB_ID:-unset} PWD=$PWD"
+if [ -n "$OBSERVED" ]; then  # what the observer would leave beside the record
+  echo '{"observed": true, "folders": [{"path": "/data/x", "relative": "data/x"}]}' > "$OBSERVED/$MUTATION_RUN_ID/needs.json"
+fi
 echo "ACC 0.$4"
 """
 
@@ -144,8 +149,8 @@ def test_bring_up_is_idempotent_and_runs_a_job(cluster, tmp_path):
 
 def test_a_passing_batch_runs_each_experiment_as_a_job_with_the_explicit_environment(cluster, tmp_path):
     root = project(tmp_path, PASS_SCRIPT, epochs=(1, 2))
-    p = subprocess.run(argv(root, "--time", "5"), cwd=ROOT, env=env_for(tmp_path, FROM_SUBMITTER="yes"),
-                       capture_output=True, text=True, timeout=120)
+    env = env_for(tmp_path, FROM_SUBMITTER="yes", OBSERVED=str(root / "results"))
+    p = subprocess.run(argv(root, "--time", "5"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     ids = ["r_m_001", "r_m_002"]
     submit = next(e for e in journal(root) if e["event"] == "slurm-submitted")
@@ -165,6 +170,11 @@ def test_a_passing_batch_runs_each_experiment_as_a_job_with_the_explicit_environ
         assert [(row["experiment_id"], row["status"]) for row in csv.DictReader(f)] == [(i, "passed") for i in ids]
     assert "slurm: 0 pending, 0 running, 2 passed" in p.stderr  # progress, as plain lines when piped
     assert (run_dir(root) / "slurm" / "1").stat().st_mode & 0o077 == 0  # the pickled environment is private
+    # the needs lock beside the registry is merged by the submitter, from each passed job's needs.json
+    lock = json.loads((root / "needs.lock.json").read_text())
+    (folder,) = lock["repos"]["r"]["m"]["folders"]
+    assert folder["path"] == "data/x" and folder["last_seen"]["machine"] == cluster.hostname
+    assert sum(e["event"] == "needs-lock-merged" for e in journal(root)) == 2
 
 
 def test_a_need_missing_on_the_node_only_blocks_there(cluster, tmp_path):

@@ -1,5 +1,7 @@
 """The Slurm backend: one Slurm job (an array task) per experiment, submitted with submitit, the
-doctor run on the compute node before the experiment (runner/nodejob.py).
+doctor run on the compute node before the experiment (runner/nodejob.py). This module: the options
+and the sbatch script, the Slurm commands the submitter uses, and mutation-run's side (its options,
+the checks before a submission, the dry run); the submitter itself is runner/backends/slurm_batch.py.
 
 The submitting runner owns the run folder's shared files: run.json, journal.jsonl (the Slurm job
 ids go in before and after submission, so a `--resume` after the submitter was killed re-attaches
@@ -226,3 +228,62 @@ class SlurmBackend(Backend):
     def start(self, spec, stream=None):
         raise StartError("the slurm backend submits whole experiments (runner.backends.slurm.SlurmBatch), "
                          "not single processes", 126)
+
+
+# -- mutation-run's side: options, checks before submission, the dry run -----------------------------------
+def add_slurm_args(p) -> None:
+    """`mutation-run` options of the slurm backend (ignored by the others)."""
+    g = p.add_argument_group("Slurm (--backend slurm)")
+    g.add_argument("--partition", metavar="NAME", help="Slurm partition (default: the cluster's default)")
+    g.add_argument("--gpus-per-node", type=int, metavar="N", help="GPUs per experiment's job")
+    g.add_argument("--cpus-per-task", type=int, metavar="N", help="CPUs per experiment's job")
+    g.add_argument("--mem", metavar="SIZE", help="memory per experiment's job, Slurm's format (16G)")
+    g.add_argument("--time", metavar="LIMIT", help="time limit per experiment's job, Slurm's format (MINUTES, H:M:S, D-H)")
+    g.add_argument("--array-parallelism", type=int, metavar="N", help="at most N experiments' jobs at once")
+    g.add_argument("--sbatch", action="append", default=None, metavar="OPTION",
+                   help="an extra #SBATCH option, e.g. --sbatch=--qos=high (repeatable)")
+    g.add_argument("--setup", action="append", default=None, metavar="LINE",
+                   help="a shell line run in each job before the experiment, e.g. --setup 'module load cuda/12.1' (repeatable)")
+
+
+def slurm_options(args, manifest: Optional[Mapping[str, object]]) -> SlurmOptions:
+    """From the command line, else what run.json saved (a --resume); UsageError for what Slurm would refuse."""
+    from doctor.cli import UsageError
+    saved = SlurmOptions.from_dict((manifest or {}).get("slurm") or {})
+    given = {k: getattr(args, k, None) for k in ("partition", "gpus_per_node", "cpus_per_task", "mem", "time",
+                                                  "array_parallelism", "sbatch", "setup")}
+    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None}
+    opts = SlurmOptions(**{**saved.to_dict(), **given}) if given else saved
+    opts = SlurmOptions.from_dict(opts.to_dict())
+    try:
+        if opts.time:
+            time_minutes(opts.time)
+        for line in opts.sbatch:
+            sbatch_option(line)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    for name in ("gpus_per_node", "cpus_per_task", "array_parallelism"):
+        v = getattr(opts, name)
+        if v is not None and v < (0 if name == "gpus_per_node" else 1):
+            raise UsageError(f"--{name.replace('_', '-')} must be {'0' if name == 'gpus_per_node' else '1'} or more")
+    return opts
+
+
+def check_submission(ctx, opts: SlurmOptions, preflights, results_dir: str) -> None:
+    """Before a run folder exists: jobs run as the submitting user (no sudo prefix), and the
+    cluster answers with the partition; UsageError naming the fix otherwise."""
+    from checks.cluster import cluster_findings
+    from doctor.cli import UsageError
+
+    if any(pf.child.prefix for pf in preflights.values()):
+        raise UsageError("--backend slurm runs each job as the submitting user: --launch sudo does not apply "
+                         "(give the job's environment with --setup, or run mutation-run as that user)")
+    for f in cluster_findings(ctx, partition=opts.partition, results_dir=results_dir, required=True):
+        if f.status == "fail":
+            raise UsageError(f"--backend slurm: {f.title}" + (f"; fix: {f.fix[0]}" if f.fix else ""))
+
+
+def dry_run_extra(opts: SlurmOptions, run_dir_hint: str, count: int) -> dict:
+    """What `--dry-run --backend slurm` adds: the sbatch script that would be submitted."""
+    folder = os.path.join(run_dir_hint, "slurm", "1")
+    return {"slurm": opts.to_dict(), "sbatch_script": script(opts, folder, count, "mutation-run.run_<timestamp>")}

@@ -18,6 +18,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from runner.backends.slurm import (SlurmOptions, accounting, cancel, executor, kill_wait, queue,
                                    submitted_by_name)
+from runner.backends.slurm import add_slurm_args, check_submission, dry_run_extra, slurm_options  # noqa: F401 - for runner/cli.py
 
 POLL = 1.0  # seconds between two looks at the queue (one squeue for the whole batch)
 QUEUED = ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED")
@@ -337,11 +338,33 @@ class SlurmBatch:
         else:
             rec = self._lost(job, info)
         self.records[eid] = rec
+        self._merge_lock(job, rec, node)
         if mine:
             self.journal.write("experiment-end", experiment_id=eid, status=rec["status"], job_id=jid, node=node,
                                slurm_state=state)
         self._tell(eid, rec, node)
         self.write_summary()
+
+    def _merge_lock(self, job, rec: Mapping[str, object], node: str) -> None:
+        """The needs lock is the submitter's to write: what a passed job observed on its node (its
+        needs.json) is merged here, once, so jobs on many nodes never write the shared lock."""
+        from core import needslock
+        from runner.execute import now_iso
+        from runner.results import read_json
+
+        observed = rec.get("observed") if isinstance(rec.get("observed"), dict) else {}
+        needs = read_json(self._exp_path(job.id, "needs.json"))
+        if rec.get("status") != "passed" or observed.get("lock") or not isinstance(needs, dict) \
+                or not needs.get("observed"):
+            return
+        path = needslock.path_for(self.ctx.options, self.ctx.registry.path)
+        try:
+            needslock.update(path, job.foreground.repo, job.foreground.model, needs,
+                             needslock.Seen(run=f"{self.run_id}/{job.id}", at=now_iso(), machine=node))
+        except (OSError, needslock.LockError) as e:
+            self.say(f"    needs lock not updated: {path}: {getattr(e, 'strerror', None) or e}")
+            return
+        self.journal.write("needs-lock-merged", experiment_id=job.id, lock=path)
 
     def _log_path(self, jid: str) -> str:
         root, _, task = jid.partition("_")
@@ -434,66 +457,3 @@ def _signal_name(num: int) -> str:
 def _task_index(jid: str) -> int:
     _, _, task = jid.partition("_")
     return int(task) if task.isdigit() else 0
-
-
-# -- mutation-run's side: options, checks before submission, the dry run -----------------------------------
-def add_slurm_args(p) -> None:
-    """`mutation-run` options of the slurm backend (ignored by the others)."""
-    g = p.add_argument_group("Slurm (--backend slurm)")
-    g.add_argument("--partition", metavar="NAME", help="Slurm partition (default: the cluster's default)")
-    g.add_argument("--gpus-per-node", type=int, metavar="N", help="GPUs per experiment's job")
-    g.add_argument("--cpus-per-task", type=int, metavar="N", help="CPUs per experiment's job")
-    g.add_argument("--mem", metavar="SIZE", help="memory per experiment's job, Slurm's format (16G)")
-    g.add_argument("--time", metavar="LIMIT", help="time limit per experiment's job, Slurm's format (MINUTES, H:M:S, D-H)")
-    g.add_argument("--array-parallelism", type=int, metavar="N", help="at most N experiments' jobs at once")
-    g.add_argument("--sbatch", action="append", default=None, metavar="OPTION",
-                   help="an extra #SBATCH option, e.g. --sbatch=--qos=high (repeatable)")
-    g.add_argument("--setup", action="append", default=None, metavar="LINE",
-                   help="a shell line run in each job before the experiment, e.g. --setup 'module load cuda/12.1' (repeatable)")
-
-
-def slurm_options(args, manifest: Optional[Mapping[str, object]]) -> SlurmOptions:
-    """From the command line, else what run.json saved (a --resume); UsageError for what Slurm would refuse."""
-    from doctor.cli import UsageError
-    from runner.backends.slurm import sbatch_option, time_minutes
-
-    saved = SlurmOptions.from_dict((manifest or {}).get("slurm") or {})
-    given = {k: getattr(args, k, None) for k in ("partition", "gpus_per_node", "cpus_per_task", "mem", "time",
-                                                  "array_parallelism", "sbatch", "setup")}
-    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None}
-    opts = SlurmOptions(**{**saved.to_dict(), **given}) if given else saved
-    opts = SlurmOptions.from_dict(opts.to_dict())
-    try:
-        if opts.time:
-            time_minutes(opts.time)
-        for line in opts.sbatch:
-            sbatch_option(line)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    for name in ("gpus_per_node", "cpus_per_task", "array_parallelism"):
-        v = getattr(opts, name)
-        if v is not None and v < (0 if name == "gpus_per_node" else 1):
-            raise UsageError(f"--{name.replace('_', '-')} must be {'0' if name == 'gpus_per_node' else '1'} or more")
-    return opts
-
-
-def check_submission(ctx, opts: SlurmOptions, preflights, results_dir: str) -> None:
-    """Before a run folder exists: jobs run as the submitting user (no sudo prefix), and the
-    cluster answers with the partition; UsageError naming the fix otherwise."""
-    from checks.cluster import cluster_findings
-    from doctor.cli import UsageError
-
-    if any(pf.child.prefix for pf in preflights.values()):
-        raise UsageError("--backend slurm runs each job as the submitting user: --launch sudo does not apply "
-                         "(give the job's environment with --setup, or run mutation-run as that user)")
-    for f in cluster_findings(ctx, partition=opts.partition, results_dir=results_dir, required=True):
-        if f.status == "fail":
-            raise UsageError(f"--backend slurm: {f.title}" + (f"; fix: {f.fix[0]}" if f.fix else ""))
-
-
-def dry_run_extra(opts: SlurmOptions, run_dir_hint: str, count: int) -> dict:
-    """What `--dry-run --backend slurm` adds: the sbatch script that would be submitted."""
-    from runner.backends.slurm import script
-
-    folder = os.path.join(run_dir_hint, "slurm", "1")
-    return {"slurm": opts.to_dict(), "sbatch_script": script(opts, folder, count, "mutation-run.run_<timestamp>")}

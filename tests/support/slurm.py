@@ -4,6 +4,7 @@
     cluster = Cluster().up()        # idempotent: reuses daemons already running, starts the rest
     cluster.env()                   # {"SLURM_CONF": ...} when the config is not the system one
     cluster.down()                  # stops only the daemons this object started, by pid
+    cluster.attach(); cluster.detach()  # for pytest sessions sharing it: the last one out stops the daemons
 
     python -m tests.support.slurm up|down|status     # the same from a shell (pids kept in STATE/pids.json)
 
@@ -115,6 +116,23 @@ def _running(name: str) -> List[int]:
             except OSError:
                 continue
     return [p for p in out if _alive(p)]
+
+
+class _locked:
+    """An exclusive flock on `path` for the `with` block."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # releases the lock
 
 
 def node_line(hostname: str) -> str:
@@ -308,6 +326,34 @@ class Cluster:
             return {k: int(v) for k, v in json.loads((self.state / "run" / "pids.json").read_text()).items()}
         except (OSError, ValueError, AttributeError):
             return {}
+
+    # -- several test sessions at once -------------------------------------------------------------------
+    def attach(self) -> None:
+        """This process uses the cluster (a second pytest session may be using it too)."""
+        users = self.state / "run" / "users"
+        users.mkdir(parents=True, exist_ok=True)
+        (users / str(os.getpid())).touch()
+
+    def detach(self) -> List[str]:
+        """This process is done: the last user stops what the sessions started (its own daemons and
+        those handed over by sessions that ended while others still used the cluster)."""
+        users = self.state / "run" / "users"
+        (users / str(os.getpid())).unlink(missing_ok=True)
+        handover = self.state / "run" / "handover.json"
+        with _locked(self.state / "run" / "users.lock"):
+            others = [u for u in users.iterdir() if u.name.isdigit() and _alive(int(u.name))]
+            try:
+                pids = {k: int(v) for k, v in json.loads(handover.read_text()).items()}
+            except (OSError, ValueError, AttributeError):
+                pids = {}
+            pids = {k: v for k, v in pids.items() if _alive(v) and v in _running(k)}
+            pids.update(self.started)
+            if others:
+                self._write(handover, json.dumps(pids))
+                self.started = {}
+                return []
+            handover.unlink(missing_ok=True)
+        return self.down(pids)
 
 
 def main(argv: List[str]) -> int:
