@@ -1,5 +1,6 @@
 """mutation-run end to end with real processes: process groups, signals, timeouts, retries,
 parallel mode, the gate, kill -9 and --resume. Train scripts are small bash/python files in tmp."""
+import contextlib
 import json
 import os
 import signal
@@ -298,6 +299,24 @@ def test_ctrl_c_stops_the_experiment_writes_the_summary_and_exits_130(tmp_path, 
     assert [x["status"] for x in summary(root)] == ["passed", "passed"]
 
 
+def stop_all(proc, pids=()):
+    """Whatever the outcome, nothing a test started outlives it (the runner's tree, the trainings)."""
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    for p in tree:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    proc.kill()
+    proc.wait(timeout=10)
+
+
 def watchdog_of(runner_pid):
     import psutil
 
@@ -318,11 +337,14 @@ while true; do sleep 0.1; done
     pidfile = root / "repos" / "leader.pid"
     assert wait_for(pidfile.exists), "experiment never started"
     pids = [int((root / "repos" / f).read_text()) for f in ("leader.pid", "grandchild.pid", "escaped.pid")]
-    assert all(alive(p) for p in pids)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    # the leader ignores SIGTERM: only the watchdog's SIGKILL after the grace ends it
-    assert wait_for(lambda: not any(alive(p) for p in pids)), [p for p in pids if alive(p)]
+    try:
+        assert all(alive(p) for p in pids)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        # the leader ignores SIGTERM: only the watchdog's SIGKILL after the grace ends it
+        assert wait_for(lambda: not any(alive(p) for p in pids)), [p for p in pids if alive(p)]
+    finally:
+        stop_all(proc, pids)
 
 
 def test_kill_9_mid_batch_then_resume_reruns_only_what_did_not_finish(tmp_path, env):
@@ -515,3 +537,36 @@ def test_a_secret_in_the_failure_stays_out_of_records_journal_and_status_lines(t
     assert "KeyError: '***'" in p.stderr  # the outcome line names the real exception, masked
     for text in (p.stdout, p.stderr, *(f.read_text() for f in rd.rglob("*") if f.is_file() and f.name != "training.log")):
         assert secret not in text
+
+
+def test_under_real_sudo_a_kill_9_of_the_root_runner_takes_its_training_with_it(tmp_path):
+    import psutil
+
+    from tests.support import sudo_user
+
+    why = sudo_user.skip_reason()
+    if why:
+        pytest.skip(why)
+    script = """#!/bin/bash
+sleep 300 & echo $! > grandchild.pid
+echo $$ > leader.pid
+trap "" TERM
+while true; do sleep 0.1; done
+"""
+    with sudo_user.throwaway_user() as u:
+        root = make_project(Path(u.mkdir("work")), {"r": {"script": script}}, [entry()])
+        subprocess.run(["chown", "-R", f"{u.uid}:{u.gid}", str(root)], check=True)
+        argv = ["sudo", "-n", os.path.join(os.path.dirname(PY), "mutation-run")] + runner_argv(root)[3:]
+        proc = subprocess.Popen(u.argv(argv), env=u.env(), cwd=u.home, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            repo = root / "repos" / "r"
+            assert wait_for((repo / "leader.pid").exists, 60), "experiment never started"
+            pids = [int((repo / f).read_text()) for f in ("leader.pid", "grandchild.pid")]
+            tree = psutil.Process(proc.pid).children(recursive=True)
+            runner = next(p for p in tree
+                          if p.name() != "sudo" and "mutation-run" in " ".join(p.cmdline()) and p.uids().real == 0)
+            runner.kill()
+            assert wait_for(lambda: not any(alive(p) for p in pids)), [p for p in pids if alive(p)]
+        finally:
+            stop_all(proc, pids)
