@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from core.memo import JsonMemo
+from core.safefs import NotRegularFile, open_regular, read_regular
 
 PRESENT, MISSING, UNREADABLE, BROKEN = "present", "missing", "unreadable", "broken"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -59,7 +60,7 @@ class HashMemo(JsonMemo):
         hit = self.get(real)
         if hit and hit[0] == key:
             return hit[1]
-        with open(real, "rb") as f:
+        with open_regular(real) as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
         self.put(real, [key, digest])
         return digest
@@ -101,10 +102,10 @@ def _expected_sha256(chain: Tuple[str, ...]) -> Optional[str]:
 
 def _tree_size(folder: str, commit: str, filename: str) -> Optional[int]:
     try:
-        with open(os.path.join(folder, "trees", f"{commit}.json"), encoding="utf-8") as f:
-            info = json.load(f)["files"][filename]
+        info = json.loads(read_regular(os.path.join(folder, "trees", f"{commit}.json"), 64 * 1024 * 1024))
+        info = info["files"][filename]
         return int(info.get("lfs_size") or info["size"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
@@ -137,33 +138,83 @@ def inspect_hf_file(cache_dir: str, repo_id: str, filename: str, revision: str =
     else:
         ref = os.path.join(folder, "refs", revision)
         try:
-            with open(ref, encoding="utf-8") as f:
-                commit = f.read().strip()
+            commit = read_regular(ref, 4096).decode("utf-8", errors="replace").strip()
+        except NotRegularFile as e:
+            return FileState(BROKEN, ref, problem="not-a-file", leftovers=leftovers, detail=f"{ref} is {e.strerror}")
         except FileNotFoundError:
             return FileState(MISSING, ref, problem="no-ref", leftovers=leftovers,
                              detail=f"{repo_id}: no refs/{revision}, so revision {revision!r} cannot be resolved offline")
         except PermissionError:
             return FileState(UNREADABLE, ref, detail=f"no permission to read {ref}")
+        except OSError as e:
+            return FileState(BROKEN, ref, problem="unreadable", leftovers=leftovers, detail=f"{ref}: {e.strerror}")
     snap = os.path.join(folder, "snapshots", commit, filename)
+    hidden = _no_permission(snap)
+    if hidden:
+        return FileState(UNREADABLE, snap, leftovers=leftovers, detail=f"no permission to read {hidden}")
     if not os.path.lexists(snap):
         if os.path.exists(os.path.join(folder, ".no_exist", commit, filename)):
             return FileState(MISSING, snap, problem="no-exist-marker", leftovers=leftovers,
                              detail=f"the Hub said {filename} does not exist in {repo_id}@{commit[:8]}")
         return FileState(MISSING, snap, leftovers=leftovers, detail=f"{filename} is not in snapshot {commit[:8]} of {repo_id}")
     chain = _link_chain(snap)
+    outside = _outside(snap, cache_dir)
+    if outside:
+        return FileState(BROKEN, snap, problem="outside-cache", blob=outside, leftovers=leftovers,
+                         detail=f"{snap} points outside the cache, to {outside}; huggingface_hub never links there")
     if not os.path.exists(snap):
         return FileState(BROKEN, snap, problem="dangling", blob=chain[-1], leftovers=leftovers,
                          detail=f"{snap} points to {chain[-1]}, which does not exist")
     return _check_blob(snap, chain, _tree_size(folder, commit, filename), verify, memo, leftovers)
 
 
+def _no_permission(path: str) -> str:
+    """The first folder on the way to `path` (or `path` itself) we may not look into, or ""
+    (a lookup that fails for lack of permission must not be taken for "missing" or "dangling")."""
+    try:
+        os.stat(path)
+        return ""
+    except PermissionError:
+        pass
+    except OSError:
+        try:
+            os.lstat(path)
+            return ""
+        except PermissionError:
+            pass
+        except OSError:
+            return ""
+    for start in (path, os.path.realpath(path)):  # the way to the link, then the way to its target
+        p = start
+        while p != os.path.dirname(p):
+            parent = os.path.dirname(p)
+            try:
+                os.listdir(parent)
+            except PermissionError:
+                return parent
+            except OSError:
+                pass
+            p = parent
+    return path
+
+
+def _outside(snap: str, cache_dir: str) -> str:
+    """The file a snapshot link resolves to when that is outside the cache folder, else ""."""
+    if not os.path.islink(snap):
+        return ""
+    real, cache = os.path.realpath(snap), os.path.realpath(cache_dir)
+    return "" if real.startswith(cache.rstrip("/") + "/") else real
+
+
 def _check_blob(path: str, chain: Tuple[str, ...], expected_size: Optional[int], verify: bool,
                 memo: Optional[HashMemo], leftovers: Tuple[str, ...] = (), expected_prefix: str = "") -> FileState:
     blob = os.path.realpath(path)
     try:
-        size = os.stat(blob).st_size
-        with open(blob, "rb") as f:
+        with open_regular(blob) as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(len(LFS_POINTER_PREFIX))
+    except NotRegularFile as e:
+        return FileState(BROKEN, path, blob=blob, problem="not-a-file", detail=f"{blob} is {e.strerror}")
     except PermissionError:
         return FileState(UNREADABLE, path, blob=blob, detail=f"no permission to read {blob}")
     except OSError as e:
@@ -265,7 +316,7 @@ def _is_lfs_pointer(path: str) -> bool:
     try:
         if os.path.getsize(path) > 1024:
             return False
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             return f.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX
     except OSError:
         return False

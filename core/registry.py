@@ -121,17 +121,31 @@ def _required_args(file: str, where: str, raw: Any) -> Tuple[str, ...]:
     raise SettingsError(file, where, "expected an object, a list or a string of arguments")
 
 
+JSON_FILE_LIMIT = 64 * 1024 * 1024  # a settings file or registry larger than this is not one
+
+
 def read_json(path: str, missing_hint: str = "") -> Any:
-    """A JSON file, or SettingsError naming the file and, for bad JSON, the line and column."""
+    """A JSON file, or SettingsError naming the file and, for bad JSON, the line and column.
+    Only a regular file is opened (a FIFO or a device is refused without blocking), and at most
+    JSON_FILE_LIMIT bytes are read."""
+    from core.safefs import NotRegularFile, read_regular
+
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        raw = read_regular(path, JSON_FILE_LIMIT + 1)
     except FileNotFoundError:
         raise SettingsError(path, "", "file not found" + missing_hint) from None
-    except IsADirectoryError:
-        raise SettingsError(path, "", "is a folder; expected a JSON file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SettingsError(path, "", f"cannot read: {e}") from None
+    except NotRegularFile as e:
+        raise SettingsError(path, "", f"is {e.strerror.split(',')[0]}; expected a JSON file") from None
+    except OSError as e:
+        raise SettingsError(path, "", f"cannot read: {e.strerror or e}") from None
+    if len(raw) > JSON_FILE_LIMIT:
+        raise SettingsError(path, "", f"larger than {JSON_FILE_LIMIT // (1024 * 1024)} MiB; expected a JSON file")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise SettingsError(path, "", f"cannot read: not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise SettingsError(path, "", "invalid JSON: nested too deeply") from None
     except json.JSONDecodeError as e:
         raise SettingsError(path, f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}") from None
 
