@@ -156,6 +156,9 @@ def test_the_experiment_limit_is_an_option(tmp_path, capsys):
     assert "the plan has 60 experiments, more than --max-experiments 50" in capsys.readouterr().err
     assert run_main(argv + ["--max-experiments", "60"]) == 0
     assert len(json.loads(capsys.readouterr().out)["experiments"]) == 60
+    assert doctor_main(common(root) + ["--max-experiments", "50"]) == 2
+    assert "more than --max-experiments 50" in capsys.readouterr().err
+    assert doctor_main(common(root) + ["--max-experiments", "60"]) == 0
 
 
 BAD_MANIFESTS = [
