@@ -81,6 +81,14 @@ def test_accounting_reads_the_signal_that_ended_the_step(monkeypatch):
     assert slurm_batch.elapsed_seconds("1-00:01:15") == 86475
 
 
+def test_jobs_found_by_name_expand_grouped_array_tasks(monkeypatch):
+    """A submitter killed between sbatch and its journal: the jobs are found by name, pending
+    array tasks included (sacct groups them as 83_[1-3,5%2])."""
+    out = "83_0\n83_[1-3,5%2]\n"
+    monkeypatch.setattr(slurm.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, out, ""))
+    assert slurm.submitted_by_name("mutation-run.run_x", "now") == ["83_0", "83_1", "83_2", "83_3", "83_5"]
+
+
 def test_progress_is_plain_lines_when_piped_and_one_line_in_place_on_a_terminal(tmp_path):
     class Tty(list):
         def write(self, s):
@@ -180,3 +188,14 @@ def test_cluster_check_against_the_cluster(cluster_up, tmp_path, monkeypatch):
     monkeypatch.setattr(cluster_check, "cluster_findings", lambda *a, **k: [bad])
     (soft,) = cluster_check.check_cluster(ctx)  # the doctor alone never blocks on the cluster
     assert soft.status == "warn" and soft.experiments == ()
+
+
+def test_a_batch_sbatch_refuses_is_one_line_and_exit_2(cluster_up, tmp_path):
+    from tests.test_slurm import argv, env_for, project
+
+    root = project(tmp_path, "#!/bin/sh\necho ACC 1\n")
+    p = subprocess.run(argv(root, "--mem", "999999G"), cwd=ROOT, env=env_for(tmp_path), capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "mutation-run: error: sbatch refused the batch:" in p.stderr
+    assert not list((root / "results").glob("run_*/r_m_001/experiment.json"))  # nothing ran, nothing recorded

@@ -205,7 +205,19 @@ def submitted_by_name(job_name: str, since: str) -> List[str]:
                            capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return []
-    return [x.strip() for x in p.stdout.split() if x.strip()] if p.returncode == 0 else []
+    if p.returncode != 0:
+        return []
+    out = []
+    for word in p.stdout.split():
+        root, _, task = word.strip().partition("_")
+        if task.startswith("["):  # pending array tasks, grouped: 83_[1-3,5%2]
+            for part in task.strip("[]").split("%")[0].split(","):
+                a, _, b = part.partition("-")
+                if a.isdigit() and (not b or b.isdigit()):
+                    out += [f"{root}_{i}" for i in range(int(a), int(b or a) + 1)]
+        elif word.strip():
+            out.append(word.strip())
+    return out
 
 
 def cancel(job_ids: Sequence[str], signal_name: Optional[str] = None) -> None:

@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from core.errors import UsageError
 from runner.backends.slurm import (SlurmOptions, accounting, cancel, executor, kill_wait, queue,
                                    submitted_by_name)
 from runner.backends.slurm import add_slurm_args, check_submission, dry_run_extra, slurm_options  # noqa: F401 - for runner/cli.py
@@ -431,8 +432,8 @@ class SlurmBatch:
         self.say(f"{mark} {eid} {rec.get('status')} on {node or '?'} in {user.get('duration_seconds') or 0:.1f} s{detail}")
 
 
-class SubmitError(Exception):
-    """sbatch refused the batch (one line for the terminal)."""
+class SubmitError(UsageError):
+    """sbatch refused the batch: one line on the terminal, exit 2 (nothing was started)."""
 
 
 def elapsed_seconds(text: str) -> float:
