@@ -24,9 +24,10 @@ _CHAIN = ("The above exception was the direct cause", "During handling of the ab
 
 def read_end(path: str, max_bytes: int) -> Optional[Tuple[bytes, int]]:
     """(the last `max_bytes` of a regular file, its size), or None. Nothing but a regular file is
-    read (a FIFO or device named as a log would block or never end), and never more than asked."""
+    read (a FIFO or device named as a log would block or never end; a link is not followed), and
+    never more than asked."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)  # a link planted for the log is not read
     except OSError:
         return None
     try:

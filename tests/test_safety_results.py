@@ -106,3 +106,14 @@ def test_fifos_and_malformed_journals_neither_hang_nor_crash(tmp_path):
     t.join(30)
     assert out == [(None, {"a": {"status": None, "attempts": [], "open_attempt": None},
                            "b": {"status": None, "attempts": [], "open_attempt": None}})]
+
+
+def test_the_log_tail_is_never_read_through_a_link(tmp_path):
+    from runner.logtail import read_tail
+
+    secret = tmp_path / "shadow"  # stands for a root-only file a planted log link points to
+    secret.write_text("root:$6$secret-hash:19000:0:99999:7:::\n")
+    (tmp_path / "training.log").symlink_to(secret)
+    assert read_tail(str(tmp_path / "training.log")) == []
+    (tmp_path / "real.log").write_text("Traceback\nValueError: x\n")
+    assert read_tail(str(tmp_path / "real.log"))[-2] == "ValueError: x"
