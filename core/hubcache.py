@@ -6,6 +6,7 @@ here downloads, prints or imports huggingface_hub or torch.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -105,7 +106,7 @@ def _tree_size(folder: str, commit: str, filename: str) -> Optional[int]:
         info = json.loads(read_regular(os.path.join(folder, "trees", f"{commit}.json"), 64 * 1024 * 1024))
         info = info["files"][filename]
         return int(info.get("lfs_size") or info["size"])
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):  # a listing we cannot use
         return None
 
 
@@ -138,7 +139,10 @@ def inspect_hf_file(cache_dir: str, repo_id: str, filename: str, revision: str =
     else:
         ref = os.path.join(folder, "refs", revision)
         try:
-            commit = read_regular(ref, 4096).decode("utf-8", errors="replace").strip()
+            commit = read_regular(ref, 4096, follow=False).decode("utf-8", errors="replace").strip()
+            if not _COMMIT.match(commit):  # never echoed: a ref that is not a commit id may be anything
+                return FileState(BROKEN, ref, problem="bad-ref", leftovers=leftovers,
+                                 detail=f"{ref} does not hold a commit id (40 hex digits)")
         except NotRegularFile as e:
             return FileState(BROKEN, ref, problem="not-a-file", leftovers=leftovers, detail=f"{ref} is {e.strerror}")
         except FileNotFoundError:
@@ -146,8 +150,9 @@ def inspect_hf_file(cache_dir: str, repo_id: str, filename: str, revision: str =
                              detail=f"{repo_id}: no refs/{revision}, so revision {revision!r} cannot be resolved offline")
         except PermissionError:
             return FileState(UNREADABLE, ref, detail=f"no permission to read {ref}")
-        except OSError as e:
-            return FileState(BROKEN, ref, problem="unreadable", leftovers=leftovers, detail=f"{ref}: {e.strerror}")
+        except OSError as e:  # ELOOP: refs/<rev> is a link, which huggingface_hub never writes
+            why = "is a link, which huggingface_hub never writes" if e.errno == errno.ELOOP else e.strerror
+            return FileState(BROKEN, ref, problem="unreadable", leftovers=leftovers, detail=f"{ref}: {why}")
     snap = os.path.join(folder, "snapshots", commit, filename)
     hidden = _no_permission(snap)
     if hidden:

@@ -152,6 +152,8 @@ def read_experiment_json(folder: str) -> JsonRecord:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         return JsonRecord(path, None, text, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}")
+    except (RecursionError, ValueError):  # nested too deeply, a number of thousands of digits
+        return JsonRecord(path, None, text, "nested too deeply or a number too long; not an experiment record")
     if not isinstance(data, dict):
         return JsonRecord(path, None, text, f"expected a JSON object at the top, found {type(data).__name__}")
     return JsonRecord(path, data, text)
