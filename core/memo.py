@@ -11,14 +11,16 @@ def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
     """Readers see the old content or the new, never a part. `durable`: fsync before the rename."""
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:  # O_EXCL: never through a link planted at the temporary name
             f.write(data)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except FileExistsError:
+        raise  # the temporary name was taken (planted?): it is not ours to remove
     except BaseException:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
 

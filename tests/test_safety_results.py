@@ -117,3 +117,17 @@ def test_the_log_tail_is_never_read_through_a_link(tmp_path):
     assert read_tail(str(tmp_path / "training.log")) == []
     (tmp_path / "real.log").write_text("Traceback\nValueError: x\n")
     assert read_tail(str(tmp_path / "real.log"))[-2] == "ValueError: x"
+
+
+def test_atomic_writes_never_go_through_a_link_planted_at_the_temporary_name(tmp_path, victim):
+    from core.memo import JsonMemo, write_atomic
+
+    target = tmp_path / "memo.json"
+    tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
+    os.symlink(victim, tmp)  # the user guessed the name (pid and thread id)
+    with pytest.raises(FileExistsError):
+        write_atomic(str(target), b"{}")
+    memo = JsonMemo(str(target))
+    memo.put("k", "v")
+    memo.save()  # a memo that cannot be written safely is skipped
+    assert victim.read_text() == "# root's profile\n" and os.path.islink(tmp) and not target.exists()
