@@ -65,7 +65,8 @@ def store_dirs(env: Mapping[str, str], home: str) -> Dict[str, str]:
 
 def cache_dirs(env: Mapping[str, str], home: str) -> Dict[str, str]:
     """The cache folder of every kind that downloads into one, for a process with `env` and HOME `home`."""
-    return {k: adapter(k).cache_dir(env, home) for k in KINDS if adapter(k).cache_dir(env, home)}
+    dirs = {k: adapter(k).cache_dir(env, home) for k in KINDS}
+    return {k: d for k, d in dirs.items() if d}
 
 
 def __getattr__(name: str):
