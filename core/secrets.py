@@ -15,7 +15,7 @@ What is masked, wherever it appears in free text:
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Any, Mapping
 
 MASK = "***"
 LINE_CAP = 20000  # characters of one line that are scanned and shown
@@ -114,3 +114,16 @@ def mask_text(text: str, env: Mapping[str, str] = ()) -> str:
     if "=" in text or ":" in text:
         text = _mask_assignments(text)
     return text
+
+
+def mask_data(obj: Any, env: Mapping[str, str] = ()) -> Any:
+    """A copy of JSON-like data with every string masked (mask_text) and the value of every key
+    that names a secret replaced by MASK: for records and journals."""
+    if isinstance(obj, str):
+        return mask_text(obj, env)
+    if isinstance(obj, dict):
+        return {k: (MASK if isinstance(k, str) and is_secret_name(k) and v not in (None, "") else mask_data(v, env))
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [mask_data(x, env) for x in obj]
+    return obj

@@ -61,7 +61,7 @@ class ChildLaunch:
                 "hf_cache": ctx.hf_cache, "torch_hub": ctx.torch_hub, "offline": ctx.offline,
                 "invoking_user": ctx.invoking_user, "invoking_home": ctx.invoking_home,
                 "env_set": {k: mask(k, v) for k, v in sorted(env_set.items())},
-                "env_dropped": list(self.env_dropped), "argv": list(self.prefix) + list(argv), "cwd": cwd,
+                "env_dropped": list(self.env_dropped), "argv": [mask_text(a) for a in [*self.prefix, *argv]], "cwd": cwd,
                 "notes": list(self.notes)}
 
 

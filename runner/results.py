@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from core.memo import write_atomic
 from core.safefs import SafeTree, open_regular, read_regular
+from core.secrets import mask_data
 from core.vocab import FORMAT_VERSION
 from runner.execute import now_iso
 
@@ -111,7 +112,7 @@ class Journal:
                           + (self.tree.refused[-1].line() if self.tree.refused else "too many segments"))
 
     def write(self, event: str, **data: Any) -> None:
-        line = json.dumps({"event": event, "at": now_iso(), **data}, ensure_ascii=False, default=str)
+        line = json.dumps({"event": event, "at": now_iso(), **mask_data(data)}, ensure_ascii=False, default=str)
         self._f.write((line + "\n").encode("utf-8"))
         self._f.flush()
         os.fsync(self._f.fileno())

@@ -85,3 +85,21 @@ def test_explain_masks_every_output(tmp_path):
         for s in SECRETS:
             assert s not in out, (s, out[:3000])
     assert MASK in "".join(outs)
+
+
+def test_records_and_journal_events_are_masked_leaf_by_leaf(tmp_path):
+    from core.secrets import mask_data
+    from runner.results import Journal
+
+    data = {"argv": ["./train.sh", "--api-key", "sk-abcdefghijklmnopqrstuvwx12", "--note", "HF_TOKEN=short1"],
+            "env": {"HF_TOKEN": "x", "HOME": "/h"}, "n": 3, "ok": None, "nested": [{"db_password": "hunter2"}]}
+    masked = mask_data(data)
+    assert masked["argv"][:2] == ["./train.sh", "--api-key"] and masked["argv"][2] == MASK
+    assert masked["argv"][4] == "HF_TOKEN=***" and masked["env"] == {"HF_TOKEN": MASK, "HOME": "/h"}
+    assert masked["n"] == 3 and masked["ok"] is None and masked["nested"] == [{"db_password": MASK}]
+    j = Journal(str(tmp_path / "journal.jsonl"))
+    j.write("experiment-start", experiment_id="a", **data)
+    j.close()
+    text = (tmp_path / "journal.jsonl").read_text()
+    assert "sk-abc" not in text and "short1" not in text and "hunter2" not in text
+    assert Journal.read(str(tmp_path / "journal.jsonl"))[0]["argv"][0] == "./train.sh"
