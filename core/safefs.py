@@ -1,23 +1,14 @@
 """File operations done as root on a user's behalf, and bounded reads that never block.
 
 Running under `sudo`, the runner and the doctor write into folders the invoking user controls.
-Every such write goes through a `SafeTree`:
-
-- the tree's root is opened once; everything below it is reached by walking one component at a
-  time with `O_NOFOLLOW | O_DIRECTORY` relative to a directory descriptor (no path is resolved
-  twice, so a link planted between a check and a use is never followed);
-- files and folders are created with `O_EXCL` / mkdir-at: a name that already exists (a file, or a
-  link the user planted) is refused, never written through;
-- a file is appended to only when this tree created it;
-- what the tree created is recorded by (st_dev, st_ino) and only that is given back to the user,
-  through a descriptor opened on the very inode that was recorded; files with more than one link
-  are refused; a folder that existed before is never given away.
-
-When something cannot be done safely the tree says so in one line (through `say`, and in
-`refused`) and the caller continues without it.
-
-`read_regular()` is the reading side for everyone: it opens without blocking, refuses what is not
-a regular file (a FIFO, a device) and reads at most `limit` bytes.
+Every such write goes through a `SafeTree` (or `open_log` for a process's output): everything
+below the root is reached one component at a time with `O_NOFOLLOW | O_DIRECTORY` relative to a
+directory descriptor (no path resolved twice); files and folders are created with `O_EXCL` /
+mkdir-at (a planted name is refused, never written through); a file is appended to only when
+this process created it; what was created is recorded by (st_dev, st_ino) and only that is given
+back, through a descriptor on that very inode; files with two links and folders that existed
+before are never given away. What cannot be done safely is said in one line and skipped.
+`read_regular()` is the reading side: no blocking on a FIFO, regular files only, bounded.
 """
 from __future__ import annotations
 
@@ -40,8 +31,7 @@ _CREATED_LOCK = threading.Lock()
 
 
 class UnsafeWrite(OSError):
-    """Raised by open_log: the write would go where this process may not safely write (its
-    message is one line saying why)."""
+    """Raised by open_log when the write would not be safe (its message says why, in one line)."""
 
 
 class NotRegularFile(OSError):
@@ -107,11 +97,6 @@ def read_regular(path: str, limit: int = READ_LIMIT, dir_fd: Optional[int] = Non
     OSError when it cannot be read. Never blocks on a FIFO."""
     with open_regular(path, dir_fd=dir_fd, follow=follow) as f:
         return f.read(limit)
-
-
-def read_text(path: str, limit: int = READ_LIMIT) -> str:
-    """read_regular decoded as UTF-8 (undecodable bytes replaced)."""
-    return read_regular(path, limit).decode("utf-8", errors="replace")
 
 
 def _parts(relpath: str) -> List[str]:
@@ -325,17 +310,13 @@ class SafeTree:
         self._record(fd, "/".join(parts), False)
         return os.fdopen(fd, "wb")
 
-    def write_new(self, relpath: str, data: bytes, durable: bool = False) -> bool:
+    def write_new(self, relpath: str, data: bytes) -> bool:
         """Create root/relpath with `data` (O_EXCL); False when refused."""
         f = self.open_new(relpath)
-        if f is None:
-            return False
-        with f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        return True
+        if f is not None:
+            with f:
+                f.write(data)
+        return f is not None
 
     def append_own(self, relpath: str) -> Optional[BinaryIO]:
         """root/relpath open for appending when this tree created it (the same inode);
@@ -397,10 +378,6 @@ class SafeTree:
             return True
         finally:
             os.close(dfd)
-
-    def is_mine(self, st: os.stat_result) -> bool:
-        """True when `st` (an lstat/fstat result) is an inode this tree created."""
-        return (st.st_dev, st.st_ino) in self._mine
 
     def give_back(self) -> List[str]:
         """Give every recorded entry not yet given back to the owner (with `hold=True`), each
