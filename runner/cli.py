@@ -227,19 +227,21 @@ def _settings_gate(args, ctx, jobs, options, say) -> Optional[int]:
 
 
 def _jobs(args, ctx, manifest: Optional[dict]):
-    """(seed, jobs): drawn afresh, or for --resume the values run.json recorded."""
+    """(seed, jobs, draws): drawn afresh against the history the settings ask for (draws: what
+    deduplication did), or for --resume the values run.json recorded (draws None)."""
     from core.errors import UsageError
-    from runner.expand import expand, jobs_from_manifest
+    from runner.expand import expand_plan, jobs_from_manifest
 
     if manifest is None:
         seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
-        return seed, expand(ctx.plan.experiments, ctx.registry, seed)
+        results = [os.path.join(ctx.options.project_root, "results")] + ([args.results_dir] if args.results_dir else [])
+        return (seed, *expand_plan(ctx.plan, ctx.registry, seed, results))
     jobs = jobs_from_manifest(ctx.plan.experiments, manifest["experiments"])
     missing = [r["id"] for r in manifest["experiments"] if r["id"] not in {j.id for j in jobs}]
     if missing:
         raise UsageError(f"--resume {args.resume}: the settings file no longer produces {', '.join(missing[:3])}"
                          f"{' ...' if len(missing) > 3 else ''}; resume with the settings the run started with")
-    return manifest.get("seed"), jobs
+    return manifest.get("seed"), jobs, None
 
 
 def _run_json(ctx, ns, options, jobs, seed, started: float, slurm) -> dict:
@@ -294,7 +296,7 @@ def run(args) -> int:
     ctx, ns = _context(args, manifest)
     console = Console()
     say = console.say
-    seed, jobs = _jobs(args, ctx, manifest)
+    seed, jobs, draws = _jobs(args, ctx, manifest)
     options = _options_from(args, manifest)
     if options.max_retries < 0:
         options.max_retries = ctx.plan.max_retries
@@ -309,11 +311,14 @@ def run(args) -> int:
         return held
 
     quiet_progress = (lambda _m: None) if (args.json and args.dry_run) else say
+    for line in draws.lines() if draws else ():  # before anything runs: history, repeats
+        quiet_progress(line)
     base_report, preflights = preflight(ctx, [j.experiment for j in jobs], progress=quiet_progress)
     energy = _energy(args, ctx, base_report, preflights)
     if args.dry_run:
         return _dry_run(args, ctx, jobs, preflights, seed, energy,
-                        extra=slurm_batch.dry_run_extra(slurm, args.results_dir or "results", len(jobs)) if slurm else None)
+                        extra=dict(slurm_batch.dry_run_extra(slurm, args.results_dir or "results", len(jobs)) if slurm else {},
+                                   dedup=draws.to_dict()))
 
     owner = sudo_owner()
     if manifest is not None:
@@ -329,7 +334,8 @@ def run(args) -> int:
         except OSError as e:
             raise UsageError(f"--results-dir {results_dir}: cannot create a run folder: {e.strerror}") from None
         since = started - 1.0
-        write_json(os.path.join(run_dir, "run.json"), _run_json(ctx, ns, options, jobs, seed, started, slurm))
+        write_json(os.path.join(run_dir, "run.json"), dict(_run_json(ctx, ns, options, jobs, seed, started, slurm),
+                                                           dedup=draws.to_dict()))
     say(f"mutation-run: {ctx.plan.name}: {len(jobs)} experiment(s) -> {run_dir}")
     _say_preflight(say, jobs, preflights, options)
 
