@@ -52,7 +52,12 @@ def masked(obj: Any) -> Any:
 
 
 def dumps(report: BatchReport, indent: Optional[int] = 2) -> str:
-    return json.dumps(masked(to_json(report)), indent=indent, ensure_ascii=False)
+    """The JSON report. Evidence, chain, fix and titles were masked when each explanation was made
+    (analyze.finish); the folder names are masked here."""
+    data = to_json(report)
+    for x in data["experiments"]:
+        x["experiment_id"], x["path"] = mask_text(x["experiment_id"]), mask_text(x["path"])
+    return json.dumps(data, indent=indent, ensure_ascii=False)
 
 
 # --------------------------------------------------------------------------- shared structure
