@@ -160,6 +160,7 @@ def make_project(tmp_path, needs):
     repo = tmp_path / "project" / "repos" / "r"
     repo.mkdir(parents=True)
     (repo / "train.sh").write_text("#!/bin/sh\necho ok\n")
+    (repo / "train.sh").chmod(0o755)  # a runnable script: the settings group checks it
     reg = {"models": {"r": {"path": "repos/r", "train_script": "./train.sh", "models": ["m"], "model_flag": "-n",
                             "supported_hyperparams": {}, "requires": {"m": needs}}}}
     (tmp_path / "project" / "models.json").write_text(json.dumps(reg))
