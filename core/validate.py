@@ -137,6 +137,13 @@ def _bad_text(s: str) -> str:
     return ""
 
 
+def _shown(name: str, value: Any, limit: int) -> str:
+    """A value quoted in a message: cut short, and masked when its name or shape says it is a secret."""
+    from core.secrets import mask
+
+    return mask(name, str(value)[:limit])
+
+
 def _is_num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -186,7 +193,7 @@ def _required_args(file: str, where: str, raw: Any) -> List[Problem]:
         try:
             shlex.split(str(value))
         except ValueError as e:
-            out.append(Problem(file, at, f"{e} in {str(value)[:60]!r}; expected shell words (balanced quotes)"))
+            out.append(Problem(file, at, f"{e} in {_shown(str(key), value, 60)!r}; expected shell words (balanced quotes)"))
     return out
 
 
@@ -317,7 +324,7 @@ def _side(file: str, where: str, side: dict, entry: int, repos: Any) -> List[Pro
             out.append(Problem(file, at, f"expected a single value, got {_kind(value)}", fatal=False, entry=entry))
         elif kind in NUMERIC and value is not None and not _is_num(value):
             out.append(Problem(file, at, f"expected {'a whole number' if kind == 'int' else 'a number'} ({kind}), "
-                                         f"got {_kind(value)} {str(value)[:40]!r}", fatal=False, entry=entry))
+                                         f"got {_kind(value)} {_shown(name, value, 40)!r}", fatal=False, entry=entry))
     return out
 
 

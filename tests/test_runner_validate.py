@@ -197,3 +197,10 @@ def test_resume_survives_a_journal_with_garbage_lines(tmp_path, capsys):
     code = run_main(["--resume", str(run_dir), "-q"])
     err = capsys.readouterr().err
     assert code in (0, 1) and "Traceback" not in err, err
+
+
+def test_a_secret_in_a_bad_value_is_masked_in_the_message(tmp_path):
+    token = "hf_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6"
+    root = write_project(tmp_path, entry(hyperparameters={"epochs": token}))
+    (p,) = check_inputs(str(root / "set.json"), str(root / "reg.json"))
+    assert p.path == "experiments[0].hyperparameters.epochs" and token[:10] not in p.line()
