@@ -30,6 +30,7 @@ CHECKS = (
     Check("settings", "repos", "Repo folders and train scripts", "checks.repo:check_repos"),
     Check("settings", "needs-declared", "Model needs declared", "checks.settings:check_needs_declared"),
     Check("settings", "history", "Deduplication history (historical_csvs)", "checks.history:check_history"),
+    Check("settings", "discovery", "Needs discovered in the repos' code", "checks.discovery:check_discovery"),
     Check("cache", "needs", "Weights, data and interpreters in the launch context", "checks.cache:check_needs"),
     Check("cache", "leftovers", "Interrupted downloads", "checks.cache:check_leftovers"),
     Check("cache", "deep", "Models load offline (--deep)", "checks.cache:check_deep_load"),

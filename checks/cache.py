@@ -65,14 +65,15 @@ def _fixes(ctx, s: NeedState) -> List[str]:
             return [quote("git", "-C", n.repo_dir, "lfs", "pull")]
         if s.problem == "no-answer":
             return [quote("findmnt", "-T", s.path) + "  # the mount that does not answer: remount it (see system.mount.stale)"]
-        return [f"put the {n.spec.get('kind', 'file')} at {s.path} (declared in the registry's requires for {n.repo})"]
+        where = f"declared in the registry's requires for {n.repo}" if n.provenance == "declared" else n.provenance
+        return [f"put the {n.spec.get('kind', 'file')} at {s.path} ({where})"]
     if n.kind == "python":
         parts = s.path.split("/")
         if "envs" in parts and len(parts) > parts.index("envs") + 1:
             return [quote("conda", "create", "-y", "-n", parts[parts.index("envs") + 1], "python=3.10")]
         if s.problem == "not-executable":
             return [quote("chmod", "+x", s.path)]
-        return [f"install the interpreter at {s.path}, or correct the registry's requires"]
+        return [f"install the interpreter at {s.path} ({n.provenance}), or correct the registry's requires"]
     return []
 
 
@@ -83,7 +84,8 @@ def check_needs(ctx):
         area = _area(s)
         what = _what(s) if s.status != "error" else f"{s.need.kind} {s.need.spec.get(s.need.kind)}"
         data = {"need": s.need.key, "kind": s.need.kind, "path": s.path, "status": s.status, "problem": s.problem,
-                "found_elsewhere": [w for _, w in s.found_elsewhere]}
+                "found_elsewhere": [w for _, w in s.found_elsewhere], "provenance": s.need.provenance,
+                "confidence": s.need.confidence, "blocking": s.need.blocking}
         if s.present:
             out.append(Finding(id=f"cache.{area}.present", group="cache", status=OK, title=f"{what} present",
                                detail=s.path, experiments=s.experiments, data=data))
@@ -109,9 +111,11 @@ def check_needs(ctx):
         detail = s.detail
         if s.found_elsewhere:
             detail += "; present in " + "; ".join(f"{w} ({label})" for label, w in s.found_elsewhere)
+        if s.need.provenance != "declared":
+            detail += f"; {s.need.provenance}" + ("" if s.need.blocking else " (a candidate: a warning, not a block)")
         allow = getattr(ctx.options, "allow_download", False) and s.status == MISSING and s.need.adapter.downloaded
         out.append(Finding(id=f"cache.{area}.{'missing' if s.status == MISSING else 'broken'}", group="cache",
-                           status=WARN if allow else FAIL,
+                           status=WARN if allow or not s.need.blocking else FAIL,
                            title=f"{what} {'missing' if s.status == MISSING else 'broken (' + s.problem + ')'}"
                                  + (f" in {ctx.launch.stores[s.resolved.source]}" if s.resolved is not None else ""),
                            detail=detail, fix=tuple(_fixes(ctx, s)), experiments=s.experiments, data=data))

@@ -177,12 +177,15 @@ def _user_env(env: Mapping[str, str], user: pwd.struct_passwd) -> Dict[str, str]
 
 def other_cache_locations(ctx: LaunchContext) -> Tuple[Tuple[str, Mapping[str, str]], ...]:
     """Other places the same files may already be: (label, store folders) of the invoking user's
-    environment and this process's, excluding the launch context's own."""
+    environment and this process's, and the launch user's own home (under `sudo -E` HOME stays the
+    invoking user's while root's own caches may hold the files), excluding the launch context's own."""
     seen = {tuple(sorted(ctx.stores.items()))}
     out = []
+    target = _pw(ctx.uid)
     candidates = [("invoking user " + ctx.invoking_user, ctx.invoking_env or {}, ctx.invoking_home),
                   ("this shell", os.environ, os.environ.get("HOME", "")),
-                  (f"{ctx.invoking_user}'s default", {}, ctx.invoking_home)]
+                  (f"{ctx.invoking_user}'s default", {}, ctx.invoking_home),
+                  (f"{ctx.user}'s own home", {}, target.pw_dir if target else "")]
     for label, env, home in candidates:
         if not home:
             continue

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional, Tuple
 from core import needs
 from core.needs.hf import is_offline
 
-from core.vocab import BLOCKED, ERROR, FAIL, GROUPS, OK, STATUS_ORDER, WARN  # noqa: F401 - re-exported
+from core.vocab import BLOCKED, ERROR, FAIL, GROUPS, OK, STATUS_ORDER, UNVERIFIED, WARN  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,20 @@ class Need:
     gpu_memory_gb); its adapter there owns validation, key, resolution and cache location.
     `spec` is the declaration as written (for example `{"timm": "hrnet_w18"}`); `repo_dir` is the
     absolute folder of the repo, against which relative paths are resolved.
+    `provenance` says where it was learnt (`declared`, `discovered train.sh:70`, `observed in
+    run_<ts>/<id>`; see core.discover), `confidence` how sure that is; a need that is not `blocking`
+    (a candidate discovery could not attribute) only warns when missing. These do not take part in
+    equality: the same need learnt twice is one need.
     """
 
     kind: str
     spec: Mapping[str, Any]
     repo: str
     repo_dir: str
+    provenance: str = field(default="declared", compare=False)
+    confidence: float = field(default=1.0, compare=False)
+    blocking: bool = field(default=True, compare=False)
+    detail: str = field(default="", compare=False)
 
     @property
     def key(self) -> str:
@@ -174,11 +182,13 @@ class Finding:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whether an experiment may run (`pass`) or is held back (`blocked`), and by which findings."""
+    """Whether an experiment may run (`pass`), is held back (`blocked`, by which findings), or
+    none of what it needs could be established (`unverified`, and `reason` says why)."""
 
     experiment: Experiment
     verdict: str
     blocked_by: Tuple[str, ...] = ()
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -192,14 +202,20 @@ class Report:
     models_config: str = ""
     groups: Tuple[str, ...] = GROUPS
     elapsed: float = 0.0
+    launch_matrix: Optional[Mapping[str, Any]] = None  # doctor.launchmatrix, when it was evaluated
 
     @property
     def blocked(self) -> Tuple[Verdict, ...]:
         return tuple(v for v in self.verdicts if v.verdict == BLOCKED)
 
     @property
+    def unverified(self) -> Tuple[Verdict, ...]:
+        return tuple(v for v in self.verdicts if v.verdict == UNVERIFIED)
+
+    @property
     def exit_code(self) -> int:
-        """0: nothing blocked; 1: something blocked, failing, or a check that crashed (so unknown)."""
+        """0: every experiment can run; 1: something blocked, failing, or a check that crashed (so
+        unknown); 3: nothing blocked or failing, but some experiment unverified."""
         if self.blocked or any(f.status in (FAIL, ERROR) for f in self.findings):
             return 1
-        return 0
+        return 3 if self.unverified else 0

@@ -1,11 +1,13 @@
 """`mutation-doctor`: find, before launch, what will make an experiment batch fail.
 
-Exit codes: 0 nothing blocked; 1 at least one experiment blocked or a failing check;
-2 usage error or a settings file that cannot be read at all.
+Exit codes: 0 every experiment can run; 1 at least one experiment blocked or a failing check;
+2 usage error or a settings file that cannot be read at all; 3 nothing blocked, but some experiment
+unverified (none of its needs could be established).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -22,8 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Checks an experiment batch before launch: settings, weights and data in the caches the "
                     "launched process will use, its environment under sudo, the network and the machine.",
         epilog="subcommands: `mutation-doctor prefetch [-ec FILE]` downloads missing weights into the launch "
-               "context's caches; `mutation-doctor explain RESULTS` explains failed experiments. "
-               "Exit codes: 0 nothing blocked, 1 something blocked or failing, 2 usage or unreadable settings.")
+               "context's caches; `mutation-doctor explain RESULTS` explains failed experiments; "
+               "`mutation-doctor needs [-ec FILE]` lists what each model needs and where that was learnt. "
+               "Exit codes: 0 every experiment can run, 1 something blocked or failing, 2 usage or unreadable "
+               "settings, 3 nothing blocked but some experiment unverified.")
     add_common_args(p)
     add_deprecated_timeout(p)
     p.add_argument("--verify", action="store_true", help="hash weight files against their sha256 (memoised)")
@@ -41,14 +45,19 @@ def run_check_command(args) -> int:
 
     from doctor import render
     from doctor.engine import run_doctor
+    from doctor.launchmatrix import for_report as launch_matrix
 
     ctx = make_context(args, allow_download=args.allow_download)
+    ctx, matrix = launch_matrix(args, ctx, lambda how: make_context(argparse.Namespace(**{**vars(args), "launch": how}),
+                                                                    allow_download=args.allow_download))
     err = Console(stderr=True)
     if args.json or not err.is_terminal:
         report = run_doctor(ctx)
     else:
         with err.status("checking…") as status:
             report = run_doctor(ctx, progress=lambda c, _: status.update(f"checked: {c.title}"))
+    if matrix:
+        report = dataclasses.replace(report, launch_matrix=matrix)
     if args.markdown:
         try:
             Path(args.markdown).write_text(render.to_markdown(report), encoding="utf-8")
@@ -70,6 +79,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from doctor.explain.cli import main as explain_main
 
             return explain_main(argv[1:])
+        if argv and argv[0] == "needs":
+            from doctor.needs import main as needs_main
+
+            return needs_main(argv[1:])
         if argv and argv[0] == "prefetch":
             from doctor.prefetch import main as prefetch_main
 

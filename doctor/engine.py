@@ -9,9 +9,10 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 from checks import CHECKS, Check
 from core.commands import doctor_command
 from core.context import DoctorContext
+from core.discover.established import unverified
 from core.model import Finding, Report, Verdict
 from core.secrets import mask_text
-from core.vocab import BLOCKED, ERROR, FAIL, PASS
+from core.vocab import BLOCKED, ERROR, FAIL, PASS, UNVERIFIED
 
 
 def _as_list(result) -> List[Finding]:
@@ -42,16 +43,21 @@ def run_check(check: Check, ctx: DoctorContext) -> List[Finding]:
         return [crash_finding(check, e, traceback.format_exc(limit=6), ctx)]
 
 
-def verdicts(experiments, findings: Iterable[Finding]) -> Tuple[Verdict, ...]:
-    """An experiment is blocked by every `fail` finding that names it; otherwise it passes."""
+def verdicts(experiments, findings: Iterable[Finding], unverified=None) -> Tuple[Verdict, ...]:
+    """An experiment is blocked by every `fail` finding that names it; otherwise it is unverified
+    when `unverified` ({id: why}) names it, else it passes."""
     blockers = {}
     for f in findings:
         if f.status == FAIL:
             for eid in f.experiments:
                 blockers.setdefault(eid, []).append(f.id)
+    unverified = unverified or {}
     out = []
     for e in experiments:
         ids = tuple(dict.fromkeys(blockers.get(e.id, ())))
+        if not ids and e.id in unverified:
+            out.append(Verdict(experiment=e, verdict=UNVERIFIED, reason=unverified[e.id]))
+            continue
         out.append(Verdict(experiment=e, verdict=BLOCKED if ids else PASS, blocked_by=ids))
     return tuple(out)
 
@@ -68,6 +74,7 @@ def run_doctor(ctx: DoctorContext, checks: Optional[Sequence[Check]] = None, pro
             if progress is not None:
                 progress(c, result)
             findings.extend(result)
-    return Report(launch=ctx.launch, findings=tuple(findings), verdicts=verdicts(ctx.plan.experiments, findings),
+    return Report(launch=ctx.launch, findings=tuple(findings),
+                  verdicts=verdicts(ctx.plan.experiments, findings, unverified(ctx)),
                   settings_file=ctx.plan.file, models_config=ctx.registry.path, groups=tuple(ctx.options.groups),
                   elapsed=time.monotonic() - t0)

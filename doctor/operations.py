@@ -117,4 +117,14 @@ def make_context(args, **extra):
     options = Options(project_root=root, settings_file=settings, models_config=registry.path, launch=how,
                       groups=parse_groups(args.only), verify=getattr(args, "verify", False),
                       deep=getattr(args, "deep", False), timeout=probe_timeout(args), **extra)
+    plan = discovered(plan, registry, launch, options)
     return DoctorContext(options=options, registry=registry, plan=plan, launch=launch)
+
+
+def discovered(plan, registry, launch, options):
+    """The plan with each side's needs as declared, observed and discovered in the repos' code,
+    evaluated with the launched process's HOME and PATH (core.discover)."""
+    from core.discover.plan import with_discovered
+    from core.memo import memo_dir
+
+    return with_discovered(plan, registry, launch.home, launch.env.get("PATH", ""), memo_dir(options))[0]

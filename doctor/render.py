@@ -6,7 +6,7 @@ from typing import Dict, List
 from core.launch import RELEVANT_VARS, which
 from core.model import Finding, Report
 from core.secrets import mask, mask_text
-from core.vocab import ERROR, FAIL, FINDING_STATUSES, FORMAT_VERSION, GROUPS, OK, PASS, STATUS_ORDER, WARN
+from core.vocab import ERROR, FAIL, FINDING_STATUSES, FORMAT_VERSION, GROUPS, OK, PASS, STATUS_ORDER, UNVERIFIED, WARN
 GROUP_TITLES = {"settings": "Settings file and registry", "cache": "Weights, data and interpreters",
                 "env": "Environment of the launched process", "network": "Network reachability of the hubs",
                 "system": "Machine: GPU, energy counters, disk, ownership"}
@@ -47,8 +47,9 @@ def summary(report: Report) -> dict:
     counts = {s: 0 for s in FINDING_STATUSES}
     for f in report.findings:
         counts[f.status] += 1
-    blocked = len(report.blocked)
-    return {"experiments": len(report.verdicts), "pass": len(report.verdicts) - blocked, "blocked": blocked,
+    blocked, unverified = len(report.blocked), len(report.unverified)
+    return {"experiments": len(report.verdicts), "pass": len(report.verdicts) - blocked - unverified,
+            "blocked": blocked, "unverified": unverified,
             "findings": counts, "exit_code": report.exit_code, "elapsed_seconds": round(report.elapsed, 3),
             "settings_file": report.settings_file or None, "models_config": report.models_config,
             "groups": list(report.groups)}
@@ -65,9 +66,11 @@ def to_json(report: Report) -> dict:
                          "mode": v.experiment.mode,
                          "background": ({"repo": v.experiment.background.repo, "model": v.experiment.background.model}
                                         if v.experiment.background else None),
-                         "source": v.experiment.source, "verdict": v.verdict, "blocked_by": list(v.blocked_by)}
+                         "source": v.experiment.source, "verdict": v.verdict, "blocked_by": list(v.blocked_by),
+                         **({"reason": v.reason} if v.reason else {})}
                         for v in report.verdicts],
         "summary": summary(report),
+        **({"launch_matrix": dict(report.launch_matrix)} if report.launch_matrix else {}),
     }
 
 
@@ -85,8 +88,10 @@ def _by_group(report: Report) -> Dict[str, List[Finding]]:
 def _summary_line(report: Report) -> str:
     s = summary(report)
     c = s["findings"]
-    parts = [f"{s['pass']} of {s['experiments']} experiment(s) can run", f"{s['blocked']} blocked",
-             f"{c[FAIL]} problem(s)", f"{c[WARN]} warning(s)"]
+    parts = [f"{s['pass']} of {s['experiments']} experiment(s) can run", f"{s['blocked']} blocked"]
+    if s["unverified"]:
+        parts.append(f"{s['unverified']} unverified (nothing they need could be established)")
+    parts += [f"{c[FAIL]} problem(s)", f"{c[WARN]} warning(s)"]
     if c[ERROR]:
         parts.append(f"{c[ERROR]} check(s) crashed")
     return ", ".join(parts) + f" ({s['elapsed_seconds']:.2f} s)"
@@ -99,6 +104,11 @@ def render_terminal(report: Report, console, verbose: bool = False) -> None:
 
     env = report.launch.env
     ctx = report.launch
+    if report.launch_matrix:
+        from doctor.launchmatrix import to_text
+
+        console.print(escape(to_text(report.launch_matrix, len(report.verdicts))))
+        console.print()
     console.print(f"[bold]Launch:[/bold] {escape(ctx.how)} as {escape(ctx.user)} (uid {ctx.uid}), HOME={escape(ctx.home)}"
                   f" [dim]({ctx.source})[/dim]")
     console.print(f"  Hugging Face cache: {escape(ctx.hf_cache)}   torch hub: {escape(ctx.torch_hub)}"
@@ -131,17 +141,18 @@ def render_terminal(report: Report, console, verbose: bool = False) -> None:
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
         for col in ("experiment", "mode", "verdict", "blocked by"):
             table.add_column(col)
-        rows = report.verdicts if verbose or len(report.verdicts) <= 40 else report.blocked
+        rows = report.verdicts if verbose or len(report.verdicts) <= 40 else report.blocked + report.unverified
         for v in rows:
-            style = "green" if v.verdict == PASS else "red"
+            style = {PASS: "green", UNVERIFIED: "yellow"}.get(v.verdict, "red")
             table.add_row(escape(v.experiment.id), v.experiment.mode, f"[{style}]{v.verdict}[/{style}]",
-                          escape(", ".join(v.blocked_by)))
+                          escape(", ".join(v.blocked_by) or v.reason))
         console.print()
         console.print(table)
         if rows is not report.verdicts:
             console.print(f"[dim]{len(report.verdicts) - len(rows)} passing experiment(s) not listed (-v)[/dim]")
     console.print()
-    worst = FAIL if report.exit_code else (WARN if any(f.status in (WARN, ERROR) for f in report.findings) else OK)
+    worst = FAIL if report.exit_code == 1 else (WARN if report.exit_code or any(f.status in (WARN, ERROR)
+                                                                               for f in report.findings) else OK)
     console.print(f"[{STYLE[worst]}]{MARK[worst]}[/{STYLE[worst]}] {_summary_line(report)}")
 
 
@@ -167,6 +178,6 @@ def to_markdown(report: Report) -> str:
         lines.append("")
     lines += ["## Experiments", "", "| experiment | mode | verdict | blocked by |", "|---|---|---|---|"]
     for v in report.verdicts:
-        lines.append(f"| {v.experiment.id} | {v.experiment.mode} | {v.verdict} | {', '.join(v.blocked_by)} |")
+        lines.append(f"| {v.experiment.id} | {v.experiment.mode} | {v.verdict} | {', '.join(v.blocked_by) or v.reason} |")
     lines += ["", _summary_line(report), ""]
     return "\n".join(lines)

@@ -23,7 +23,7 @@ from core.discover.pysource import path_defaults
 from core.model import Need
 
 DECLARED, CONF_LITERAL, CONF_ACTIVATE, CONF_PATH, CONF_ATTRIBUTED, CONF_CANDIDATE = 1.0, 0.95, 0.85, 0.7, 0.9, 0.4
-CHECKABLE = ("timm", "torchvision", "hf", "path", "python")
+CHECKABLE = ("timm", "torchvision", "hf", "path", "python", "url")
 
 
 @dataclass(frozen=True)

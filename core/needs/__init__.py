@@ -23,6 +23,7 @@ KINDS: Dict[str, str] = {
     "python": "core.needs.python",
     "gpu": "core.needs.gpu",
     "gpu_memory_gb": "core.needs.gpu_memory_gb",
+    "url": "core.needs.url",
 }
 
 
