@@ -227,3 +227,22 @@ def test_memo_scans_a_file_once_per_size_and_mtime(tmp_path):
     again = SourceMemo(str(memo_file))
     got, _ = reached_loads(str(repo), str(repo / "train.py"), ["--use_hr"], again.summary)
     assert again.scanned == 1 and {r.load["spec"].get("timm") for r in got if r.status == YES} == {"hrnet_w32"}
+
+
+def test_memo_is_not_written_into_another_users_folder(tmp_path):
+    import os
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to own a folder for another user")
+    repo = write_repo(tmp_path / "r", {"train.py": ENTRY, "model.py": MODEL})
+    theirs = tmp_path / "home"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    for memo_file, written in ((theirs / ".cache" / "mp" / "memo.json", False), (tmp_path / "own" / "memo.json", True)):
+        m = SourceMemo(str(memo_file))
+        reached_loads(str(repo), str(repo / "train.py"), ["--use_hr"], m.summary)
+        m.save()
+        assert memo_file.exists() is written
+        assert (theirs / ".cache").exists() is False

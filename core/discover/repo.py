@@ -83,7 +83,24 @@ class SourceMemo:
         return hit
 
     def save(self) -> None:
-        self.disk.save()
+        """Write the memo, only into a folder this process owns: as root under sudo, HOME may be the
+        user's, and a root-owned cache folder there would break the user's own tools (a memo only
+        saves time)."""
+        if self.disk.path and _owned(os.path.dirname(self.disk.path)):
+            self.disk.save()
+
+
+def _owned(folder: str) -> bool:
+    """Whether the folder, or its nearest existing parent, belongs to this process's user."""
+    while folder and not os.path.exists(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    try:
+        return os.stat(folder).st_uid == os.geteuid()
+    except OSError:
+        return False
 
 
 def python_files(repo_dir: str) -> Iterator[str]:
