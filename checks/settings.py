@@ -1,6 +1,7 @@
 """The `settings` group: what the settings file and the registry say, as mutation.py reads them."""
 from __future__ import annotations
 
+from core.commands import doctor_command
 from core.model import FAIL, OK, Finding
 
 
@@ -30,7 +31,8 @@ def check_needs_declared(ctx):
         return None
     return Finding(
         id="settings.no-needs-declared", group="settings", status=OK,
-        title="the model registry declares no needs, so weights and data are not checked",
-        detail=f"{ctx.registry.path} has no \"requires\" entries",
-        fix=("add \"requires\" per repo (see settings/models_config.json), or run with the bundled registry: "
-             "mutation-doctor --models-config settings/models_config.json ...",))
+        title="the model registry declares no needs: they are discovered in the repos' code",
+        detail=f"{ctx.registry.path} has no \"requires\" entries; what each model needs is read from its train "
+               "script and Python files (an experiment none of whose needs is established is unverified)",
+        fix=(doctor_command(ctx, "needs") + "  # review; declare what is wrong as \"requires\" "
+             "(see settings/models_config.json)",))
