@@ -60,7 +60,7 @@ def project(tmp_path: Path, requires=None) -> Path:
 def needs(root: Path, *args, home: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TORCH_", "XDG_", "MUTATION_"))}
     env.update(HOME=str(home), MUTATION_DOCTOR_ASK_SUDO="0", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "doctor.needs", "--project-root", str(root), *args],
+    return subprocess.run([sys.executable, "-m", "doctor.cli", "needs", "--project-root", str(root), *args],
                           capture_output=True, text=True, env=env, cwd=str(root), timeout=120)
 
 
