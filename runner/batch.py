@@ -25,7 +25,7 @@ from runner.energy import EnergyPlan
 from runner.energy import read_metrics as read_energy
 from runner.execute import LOG, AttemptLoop, Attempts, StopRequest
 from runner.expand import Job
-from runner.launchenv import Preflight
+from runner.launchenv import Preflight, observe, record_observation
 from runner.logtail import error_excerpt, extract_metrics, read_tail
 from runner.results import STATUSES, Journal, experiment_record, journal_state, read_json, write_json, write_summary
 
@@ -50,6 +50,7 @@ class Options:
     json_out: bool = False
     backend: str = "local"
     strict: bool = False  # verdict unverified is held back too
+    observe: bool = True  # the observer in the experiments' Python processes (runner.launchenv.observe)
 
 
 @dataclass
@@ -332,7 +333,10 @@ class Batch:
         launch_rec["backend"] = self.backend.name
         env = pf.child.popen_env()
         env[TOKEN_VAR] = token
-        spec = JobSpec(tuple(pf.child.prefix) + tuple(cmd), cwd, env, os.path.join(exp_dir, LOG), token,
+        argv = list(pf.child.prefix) + list(cmd)
+        if self.opt.observe:
+            argv, env = observe(argv, env, exp_dir, self.tree)
+        spec = JobSpec(tuple(argv), cwd, env, os.path.join(exp_dir, LOG), token,
                        grace=self.opt.grace)
         background = None
         if job.background is not None:
@@ -408,6 +412,10 @@ class Batch:
             message = f"interrupted: {failure}"
         else:
             message = failure or f"exit code {exit_code}"
+        observed = record_observation(self.ctx, job, self._exp_dir(job), self.run_id, status == "passed",
+                                      self.owner, self.say, self.tree) if self.opt.observe else None
+        if observed is not None:
+            extra["observed"] = observed
         record = experiment_record(job=job, status=status, timestamp=plan.timestamp, duration=duration,
                                    exit_code=exit_code, attempts=done.records, metrics=metrics,
                                    error_message=message, error_excerpt=excerpt, preflight=pf.record(), launch=plan.launch,

@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=backends.names(), default=None,
                    help=f"how each experiment runs (default: {backends.DEFAULT}, a process group on this machine)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not stream the experiments' output")
+    p.add_argument("--no-observe", action="store_true",
+                   help="do not put the observer in the experiments' Python processes (no needs.json, no needs lock update)")
     from runner.backends.slurm_batch import add_slurm_args
 
     add_slurm_args(p)  # --partition, --gpus-per-node, --time, ... of --backend slurm
@@ -105,7 +107,8 @@ def _options_from(args, manifest: Optional[dict]):
                    timeout=pick("timeout", None), grace=float(pick("grace", 10.0)),
                    max_retries=int(pick("max_retries", -1)), retry_delay=float(pick("retry_delay", 10.0)),
                    wait_for_gpu=float(pick("wait_for_gpu", 0.0)), stream=not args.quiet, json_out=args.json,
-                   backend=str(pick("backend", "local")))
+                   backend=str(pick("backend", "local")),
+                   observe=not (getattr(args, "no_observe", False) or saved.get("observe") is False))
 
 
 def _check_args(args) -> None:
@@ -253,7 +256,8 @@ def _run_json(ctx, ns, options, jobs, seed, started: float, slurm) -> dict:
             "options": {"require_preflight": options.require_preflight, "strict": options.strict,
                         "timeout": options.timeout, "grace": options.grace,
                         "max_retries": options.max_retries, "retry_delay": options.retry_delay,
-                        "wait_for_gpu": options.wait_for_gpu, "backend": options.backend},
+                        "wait_for_gpu": options.wait_for_gpu, "backend": options.backend,
+                        "observe": options.observe},
             "argv": list(sys.argv), "experiments": [j.to_dict() for j in jobs],
             **({"slurm": slurm.to_dict()} if slurm else {})}
 

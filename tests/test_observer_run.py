@@ -74,8 +74,6 @@ def _sha(path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("observe" not in __import__("runner.batch", fromlist=["Options"]).Options.__dataclass_fields__,
-                    reason="mutation-run does not inject the observer yet")
 def test_runs_fill_needs_json_the_record_and_the_lock(tmp_path, clean_env, hub_server, hrnet_hf_cache, hrnet_weights):
     cache = tmp_path / "hf"
     shutil.copytree(hrnet_hf_cache, cache, symlinks=True)
@@ -117,8 +115,6 @@ def test_runs_fill_needs_json_the_record_and_the_lock(tmp_path, clean_env, hub_s
 
 
 @pytest.mark.skipif(sudo_user.skip_reason() is not None, reason=str(sudo_user.skip_reason()))
-@pytest.mark.skipif("observe" not in __import__("runner.batch", fromlist=["Options"]).Options.__dataclass_fields__,
-                    reason="mutation-run does not inject the observer yet")
 def test_under_real_sudo_the_observation_and_the_lock_are_the_users():
     with sudo_user.throwaway_user() as u:
         proj = u.mkdir("proj")
