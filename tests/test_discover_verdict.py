@@ -35,3 +35,46 @@ def test_nothing_known_is_unverified_and_answers_are_not():
 
 def test_only_decided_when_the_cache_group_ran():
     assert unverified(ctx([exp("none")], {}, groups=("network",))) == {}
+
+
+def run_doctor(root, *args):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TORCH_", "XDG_", "MUTATION_"))}
+    env.update(HOME=str(root / "home"), MUTATION_DOCTOR_ASK_SUDO="0",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.run([sys.executable, "-m", "doctor.cli", "-ec", "s.json", "--project-root", str(root),
+                           "--only", "settings,cache", "--launch", "current", *args],
+                          capture_output=True, text=True, env=env, cwd=str(root), timeout=120)
+
+
+def test_the_doctor_says_unverified_and_exits_3(tmp_path):
+    import json
+    import sys
+
+    repo = tmp_path / "repos" / "r"
+    repo.mkdir(parents=True)
+    (repo / "train.sh").write_text("#!/bin/sh\necho trained\n")
+    (repo / "train.sh").chmod(0o755)
+    (repo / "ok.sh").write_text(f"#!/bin/sh\n{sys.executable} run.py\n")
+    (repo / "ok.sh").chmod(0o755)
+    (repo / "run.py").write_text("print('ok')\n")
+    (tmp_path / "mutation").mkdir()
+    (tmp_path / "mutation" / "models_config.json").write_text(json.dumps({"models": {
+        "r": {"path": "repos/r", "train_script": "./train.sh", "models": ["m"], "supported_hyperparams": {}},
+        "q": {"path": "repos/r", "train_script": "./ok.sh", "models": ["m"], "supported_hyperparams": {}}}}))
+    (tmp_path / "s.json").write_text(json.dumps({"experiments": [{"mode": "default", "repo": "r", "model": "m"},
+                                                                 {"mode": "default", "repo": "q", "model": "m"}]}))
+    p = run_doctor(tmp_path, "--json")
+    assert p.returncode == 3, p.stderr[-2000:]
+    doc = json.loads(p.stdout)
+    verdicts = {e["id"]: (e["verdict"], e.get("reason", "")) for e in doc["experiments"]}
+    assert verdicts["r_m_001"][0] == "unverified" and "nothing declared or discovered" in verdicts["r_m_001"][1]
+    assert verdicts["q_m_002"] == ("pass", "")  # its interpreter, discovered in ok.sh, is present
+    assert doc["summary"]["unverified"] == 1 and doc["summary"]["pass"] == 1
+    text = run_doctor(tmp_path)
+    assert "1 of 2 experiment(s) can run, 0 blocked, 1 unverified" in text.stdout, text.stdout[-1500:]
+    assert text.returncode == 3
