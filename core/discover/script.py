@@ -39,7 +39,7 @@ class Unresolved:
 
     @property
     def where(self) -> str:
-        return f"{os.path.basename(self.file)}:{self.line}"
+        return f"{os.path.basename(self.file)}:{self.line}" if self.line else os.path.basename(self.file)
 
 
 @dataclass(frozen=True)
