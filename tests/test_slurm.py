@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -281,15 +282,20 @@ sleep 300
 
 @pytest.mark.slow
 def test_the_demo_through_slurm_records_what_the_local_backend_records(cluster, tmp_path):
-    """settings/demo.json with both backends (at the same time, to save a minute): the same records
+    """settings/demo.json with both backends (overlapping, to save a minute): the same records
     field by field, timings and the backend's own fields aside (scratch_mlp trains; the two that
     need pretrained weights are blocked: the weights are in no cache of this fresh HOME)."""
     env = env_for(tmp_path, DEMO_PYTHON=PY)
     common = ["-ec", "settings/demo.json", "--only", "settings,cache,env", "--probe-timeout", "1", "--seed", "1",
               "--require-preflight", "--no-energy", "-q"]
-    procs = {b: subprocess.Popen([PY, "-m", "runner.cli", *common, "--backend", b, "--results-dir", str(tmp_path / b)],
-                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for b in ("local", "slurm")}
+    procs = {}
+    for b in ("slurm", "local"):
+        procs[b] = subprocess.Popen([PY, "-m", "runner.cli", *common, "--backend", b, "--results-dir", str(tmp_path / b)],
+                                    cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # one run folder name per second: the second batch starts once the first has its own, so the
+        # two batches' run tokens (run_<ts>/<id>, which straggler sweeps look for) differ
+        assert wait_for(lambda: list((tmp_path / b).glob("run_*/journal.jsonl")) or procs[b].poll() is not None, 120)
+        time.sleep(1.1)
     runs = {}
     for backend, proc in procs.items():
         out = proc.communicate(timeout=300)[0]
