@@ -88,7 +88,8 @@ class DrawStats:
                        f"{self.redrawn_history} of {self.drawn} candidate(s) drawn again because history had them")
             out += [f"  ! {s.path}: {s.problem}" for s in self.history if s.problem]
         elif self.drawn:
-            out.append(f"deduplication: off (use_deduplication); {self.drawn} candidate(s) drawn")
+            out.append(f"deduplication against history: off (the settings do not set \"use_deduplication\": true); "
+                       f"{self.drawn} candidate(s) drawn, {self.redrawn_batch} drawn again within the batch")
         if self.short:
             out.append(f"! {len(self.short)} experiment(s) repeat a combination, the ranges hold no new one: "
                        + ", ".join(self.short[:5]) + (" ..." if len(self.short) > 5 else ""))
