@@ -15,8 +15,9 @@ job, on the node that will train:
    GPU and stray processes), and the verdict goes into the experiment's record. A node where a need
    is missing marks the experiment `blocked`, naming the node.
 4. The experiment runs exactly as the local backend runs it (runner.batch.Batch with the local
-   backend: same argv, energy wrapping, timeouts, retries, process-group cleanup), writing only its
-   own experiment folder: its journal goes there too, and summary.csv is the submitter's.
+   backend: same argv, observer, energy wrapping, timeouts, retries, process-group cleanup),
+   writing only its own experiment folder: its journal goes there too; summary.csv and the needs
+   lock (merged from the folder's needs.json) are the submitter's.
 """
 from __future__ import annotations
 
@@ -117,8 +118,17 @@ def _options(manifest: Mapping[str, object], task: NodeTask):
 
 
 def _node_batch_class():
+    import runner.batch as batch_module
     from runner.batch import Batch
     from runner.results import Journal
+
+    observe_and_merge = getattr(batch_module, "record_observation", None)
+    if observe_and_merge is not None:
+        def observe_only(ctx, job, exp_dir, run_id, passed, *args, **kw):
+            """needs.json is written here; the submitter merges it into the shared needs lock."""
+            return observe_and_merge(ctx, job, exp_dir, run_id, False, *args, **kw)
+
+        batch_module.record_observation = observe_only  # this process runs this one experiment only
 
     class NodeBatch(Batch):
         """The local batch, for one experiment, writing only that experiment's folder."""
