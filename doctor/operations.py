@@ -122,9 +122,25 @@ def make_context(args, **extra):
 
 
 def discovered(plan, registry, launch, options):
-    """The plan with each side's needs as declared, observed and discovered in the repos' code,
-    evaluated with the launched process's HOME and PATH (core.discover)."""
+    """The plan with each side's needs as declared, observed (the needs lock beside the registry)
+    and discovered in the repos' code, evaluated with the launched process's HOME and PATH."""
     from core.discover.plan import with_discovered
     from core.memo import memo_dir
 
-    return with_discovered(plan, registry, launch.home, launch.env.get("PATH", ""), memo_dir(options))[0]
+    return with_discovered(plan, registry, launch.home, launch.env.get("PATH", ""), memo_dir(options),
+                           observed_needs(registry))[0]
+
+
+def observed_needs(registry):
+    """`observed(repo, repo_dir, model)` from the needs lock beside the registry, or None (no lock,
+    or one that cannot be read: the runner that writes it reports that)."""
+    from core import needslock
+
+    path = needslock.default_path(registry.path)
+    if not os.path.isfile(path):
+        return None
+    try:
+        lock = needslock.read(path)
+    except needslock.LockError:
+        return None
+    return lambda repo, repo_dir, model: needslock.found(lock, repo, repo_dir, model)

@@ -142,9 +142,10 @@ def test_needs_lock_observations_come_first(tmp_path):
     (config.parent / "needs.lock.json").write_text(json.dumps(lock))
     from core.discover.plan import with_discovered
     from core.plan import registry_plan
+    from doctor.operations import observed_needs
 
     reg = load_registry(str(config), str(tmp_path))
-    plan, found = with_discovered(registry_plan(reg), reg, "/root", "/usr/bin:/bin")
+    plan, found = with_discovered(registry_plan(reg), reg, "/root", "/usr/bin:/bin", observed=observed_needs(reg))
     hr = found["reid"].models["hrnet18"]
     hub = [f for f in hr if f.kind == "hf"]
     assert [(f.spec["hf"], f.spec["revision"], f.provenance, f.blocking) for f in hub] == [

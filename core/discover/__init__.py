@@ -170,17 +170,15 @@ def _merge_declared(found: List[Found], declared: Tuple[Need, ...], model: str) 
     return tuple(out)
 
 
-def discover_repo(memo: SourceMemo, spec, home: str, path_env: str, lock: Optional[Mapping] = None) -> RepoNeeds:
+def discover_repo(memo: SourceMemo, spec, home: str, path_env: str, observed=None) -> RepoNeeds:
     """Discovery for one registry repo (a core.registry.RepoSpec) as a process with HOME `home`
-    and PATH `path_env` would launch it. `lock`: a needs lock (core.needslock) whose observations
-    of successful runs come before what the code says (`observed in run_<ts>/<id>`)."""
+    and PATH `path_env` would launch it. `observed(repo, repo_dir, model)`: Found records of what
+    successful runs used (the needs lock, `observed in run_<ts>/<id>`), placed before what the code says."""
     models, facts_by_model, touched, unresolved = {}, {}, set(), []
     for model in spec.models:
         facts, found, seen = _model_needs(memo, spec, model, home, path_env)
-        if lock:
-            from core.needslock import found as observed
-
-            found = list(observed(lock, spec.name, spec.path, model)) + found
+        if observed is not None:
+            found = list(observed(spec.name, spec.path, model)) + found
         touched |= seen
         if facts is not None:
             facts_by_model[model] = facts

@@ -12,27 +12,13 @@ from typing import Dict, Optional, Tuple
 from core.discover import Found, RepoNeeds, SourceMemo, discover_repo
 
 
-def observed_lock(registry) -> Optional[dict]:
-    """The needs lock beside the registry (core.needslock), None when absent or unusable."""
-    from core import needslock
-
-    path = needslock.default_path(registry.path)
-    if not os.path.isfile(path):
-        return None
-    try:
-        return needslock.read(path)
-    except needslock.LockError:
-        return None  # the runner that writes it reports an unusable lock; discovery goes on without it
-
-
-def discover_for_plan(plan, registry, home: str, path_env: str, memo_path: Optional[str] = None
-                      ) -> Dict[str, RepoNeeds]:
-    """Discovery for the repos the plan uses (every repo of the registry for a registry plan),
-    with the observations of the needs lock beside the registry."""
+def discover_for_plan(plan, registry, home: str, path_env: str, memo_path: Optional[str] = None,
+                      observed=None) -> Dict[str, RepoNeeds]:
+    """Discovery for the repos the plan uses (every repo of the registry for a registry plan);
+    `observed`: see core.discover.discover_repo."""
     used = {s.repo for e in plan.experiments for s in e.sides}
     memo = SourceMemo(memo_path)
-    lock = observed_lock(registry)
-    out = {name: discover_repo(memo, spec, home, path_env, lock) for name, spec in registry.repos.items()
+    out = {name: discover_repo(memo, spec, home, path_env, observed) for name, spec in registry.repos.items()
            if name in used}
     memo.save()
     return out
@@ -61,10 +47,10 @@ def side_needs(found: Dict[str, RepoNeeds], repo: str, model: str) -> Tuple:
     return tuple(out)
 
 
-def with_discovered(plan, registry, home: str, path_env: str, memo_dir: Optional[str] = None):
-    """(the plan with every side's needs discovered and declared, the discovery per repo)."""
+def with_discovered(plan, registry, home: str, path_env: str, memo_dir: Optional[str] = None, observed=None):
+    """(the plan with every side's needs declared, observed and discovered, the discovery per repo)."""
     memo_path = os.path.join(memo_dir, "discover.json") if memo_dir else None
-    found = discover_for_plan(plan, registry, home, path_env, memo_path)
+    found = discover_for_plan(plan, registry, home, path_env, memo_path, observed)
 
     def side(s):
         return dataclasses.replace(s, needs=side_needs(found, s.repo, s.model)) if s is not None else None
