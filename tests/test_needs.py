@@ -104,7 +104,8 @@ def test_key_for_is_the_need_key(spec, key):
 
 def test_cache_dirs_follow_the_launch_environment_precedence(tmp_path):
     env = {"HF_HOME": "/h", "XDG_CACHE_HOME": "/x", "TORCH_HOME": "/t"}
-    assert needs.cache_dirs(env, "/home/u") == {"timm": "/h/hub", "torchvision": "/t/hub", "hf": "/h/hub"}
+    assert needs.cache_dirs(env, "/home/u") == {"timm": "/h/hub", "torchvision": "/t/hub", "hf": "/h/hub",
+                                                "url": "/t/hub"}
     assert needs.store_dirs({}, "/root") == {"hf": hf_cache_dir({}, "/root"), "torchhub": torch_hub_dir({}, "/root")}
     assert needs.store_dirs({}, "/root")["hf"] == "/root/.cache/huggingface/hub"
 
@@ -112,4 +113,14 @@ def test_cache_dirs_follow_the_launch_environment_precedence(tmp_path):
 def test_fallback_policy_is_the_adapters():
     assert needs.HUB_KINDS == ("timm", "hf")  # huggingface_hub falls back to its cache when the Hub is down
     assert needs.adapter("torchvision").falls_back is False  # torch.hub does not
-    assert set(needs.CACHE_KINDS) == {"timm", "torchvision", "hf", "path", "python"}
+    assert set(needs.CACHE_KINDS) == {"timm", "torchvision", "hf", "path", "python", "url"}
+    assert needs.adapter("url").falls_back is False  # a checkpoint by URL goes through torch.hub too
+
+
+
+def test_url_checkpoints_land_in_the_torch_hub_by_file_name():
+    spec = {"url": "https://download.example.org/w/resnet18-f37072fd.pth?dl=1"}
+    assert needs.key_for("url", spec, "/repos/r") == "url:resnet18-f37072fd.pth"
+    r = needs.adapter("url").resolve(spec, None)
+    assert (r.source, r.filename, r.url) == ("torchhub", "resnet18-f37072fd.pth", spec["url"])
+    assert needs.adapter("url").validate({"url": "https://host/"}) != []
