@@ -102,7 +102,7 @@ def doctor_as(user, upy, project, env, how, *extra):
     argv = [upy[0], "-m", "doctor.cli", "-ec", "s.json", "--models-config", "models.json", "--project-root",
             str(project), "--only", "env,cache", "--json", "--launch", how, *extra]
     p = user.run(argv, env=env, cwd=str(project), timeout=120)
-    assert p.returncode in (0, 1), p.stderr[-3000:]
+    assert p.returncode in (0, 1, 3), p.stderr[-3000:]  # 3: some experiment unverified
     return json.loads(p.stdout)
 
 
@@ -323,7 +323,8 @@ def test_caches_are_inspected_as_the_launch_user(user, upy, tmp_path):
             env2 = dict(env, HOME=other.home, USER=other.name, LOGNAME=other.name)
             data = doctor_as(other, upy, root, env2, "sudo")
         f = by_id(data)["cache.unreadable"]
-        assert f["status"] == "warn" and data["experiments"][0]["verdict"] == "pass"
+        # a warning, not a block; and since nothing it needs could be looked for, not "pass" either
+        assert f["status"] == "warn" and data["experiments"][0]["verdict"] == "unverified"
         assert any(x.startswith("sudo /") and "mutation-doctor" in x for x in f["fix"])
         assert data["launch"]["source"] == "simulated" and "password" in " ".join(data["launch"]["notes"])
         assert "sudo -n cannot run commands here" in by_id(data)["env.sudo.not-inspected-as"]["title"]
