@@ -287,8 +287,11 @@ def test_the_demo_through_slurm_records_what_the_local_backend_records(cluster, 
     field by field, timings and the backend's own fields aside (scratch_mlp trains; the two that
     need pretrained weights are blocked: the weights are in no cache of this fresh HOME)."""
     env = env_for(tmp_path, DEMO_PYTHON=PY)
-    common = ["-ec", "settings/demo.json", "--only", "settings,cache,env", "--probe-timeout", "1", "--seed", "1",
-              "--require-preflight", "--no-energy", "-q"]
+    registry = tmp_path / "models_config.json"  # the needs lock is written beside it: not into the checkout
+    registry.write_bytes((ROOT / "settings" / "models_config.json").read_bytes())
+    common = ["-ec", "settings/demo.json", "--models-config", str(registry), "--project-root", str(ROOT),
+              "--only", "settings,cache,env", "--probe-timeout", "1", "--seed", "1", "--require-preflight",
+              "--no-energy", "-q"]
     procs = {}
     for b in ("slurm", "local"):
         procs[b] = subprocess.Popen([PY, "-m", "runner.cli", *common, "--backend", b, "--results-dir", str(tmp_path / b)],
@@ -314,6 +317,7 @@ def test_the_demo_through_slurm_records_what_the_local_backend_records(cluster, 
         blocked["error_message"] = blocked["error_message"].rsplit(" (on node", 1)[0]
     for eid in runs["local"]:
         assert comparable(runs["slurm"][eid]) == comparable(runs["local"][eid]), eid
+    assert runs["slurm"]["demo_scratch_mlp_001"]["observed"]["lock"] == str(tmp_path / "needs.lock.json")
 
 
 TIMING = {"timestamp", "duration_seconds", "started"}

@@ -338,34 +338,39 @@ class SlurmBatch:
             rec = self._amend(rec, info)
         else:
             rec = self._lost(job, info)
-        self.records[eid] = rec
-        self._merge_lock(job, rec, node)
+        self.records[eid] = self._merge_lock(job, rec, node)
         if mine:
             self.journal.write("experiment-end", experiment_id=eid, status=rec["status"], job_id=jid, node=node,
                                slurm_state=state)
         self._tell(eid, rec, node)
         self.write_summary()
 
-    def _merge_lock(self, job, rec: Mapping[str, object], node: str) -> None:
+    def _merge_lock(self, job, rec: dict, node: str) -> dict:
         """The needs lock is the submitter's to write: what a passed job observed on its node (its
-        needs.json) is merged here, once, so jobs on many nodes never write the shared lock."""
+        needs.json) is merged here, once, so jobs on many nodes never write the shared lock; the
+        record then names the lock, as the local backend's does."""
         from core import needslock
         from runner.execute import now_iso
-        from runner.results import read_json
+        from runner.results import read_json, write_json
 
         observed = rec.get("observed") if isinstance(rec.get("observed"), dict) else {}
         needs = read_json(self._exp_path(job.id, "needs.json"))
         if rec.get("status") != "passed" or observed.get("lock") or not isinstance(needs, dict) \
                 or not needs.get("observed"):
-            return
+            return rec
         path = needslock.path_for(self.ctx.options, self.ctx.registry.path)
         try:
             needslock.update(path, job.foreground.repo, job.foreground.model, needs,
                              needslock.Seen(run=f"{self.run_id}/{job.id}", at=now_iso(), machine=node))
         except (OSError, needslock.LockError) as e:
-            self.say(f"    needs lock not updated: {path}: {getattr(e, 'strerror', None) or e}")
-            return
-        self.journal.write("needs-lock-merged", experiment_id=job.id, lock=path)
+            error = f"{path}: {getattr(e, 'strerror', None) or e}"
+            self.say(f"    needs lock not updated: {error}")
+            rec = dict(rec, observed=dict(observed, lock_error=error))
+        else:
+            self.journal.write("needs-lock-merged", experiment_id=job.id, lock=path)
+            rec = dict(rec, observed=dict(observed, lock=path))
+        write_json(self._exp_path(job.id), rec)
+        return rec
 
     def _log_path(self, jid: str) -> str:
         root, _, task = jid.partition("_")
