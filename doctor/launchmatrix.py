@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from checks.system.energy import energy_request
+
 FAILING = ("missing", "broken")
 HUB_KINDS = ("timm", "hf")
 
@@ -48,8 +50,6 @@ def needs_root(ctx) -> str:
     """Why the plan can only run as root ("" when it does not need root)."""
     if ctx.plan.governor:
         return f"\"governor\" in {ctx.plan.file}: setting the CPU governor needs root"
-    from checks.system import energy_request
-
     asked, _, why = energy_request(ctx)
     return f"{why} (the RAPL counters need root)" if asked else ""
 
