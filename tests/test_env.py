@@ -203,7 +203,7 @@ def test_offline_policy_safe_and_missing_against_the_real_client(user_home, tmp_
     f = by_id(report.findings)
     assert f["env.offline.missing"].status == FAIL and f["env.offline.missing"].experiments == ("r_b_002",)
     assert {v.experiment.id: v.verdict for v in report.verdicts} == {"r_a_001": "pass", "r_b_002": "blocked",
-                                                                     "r_c_003": "pass"}
+                                                                     "r_c_003": "unverified"}  # needs nothing known
     # the real client agrees: offline, the cached file loads and the missing one fails at once
     ok = caches.hf_download_subprocess(None, None, TINY_REPO, "config.json", env=offline, offline=True)
     assert ok.returncode == 0, ok.stdout
