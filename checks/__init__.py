@@ -33,6 +33,7 @@ CHECKS = (
     Check("settings", "discovery", "Needs discovered in the repos' code", "checks.discovery:check_discovery"),
     Check("cache", "needs", "Weights, data and interpreters in the launch context", "checks.cache:check_needs"),
     Check("cache", "leftovers", "Interrupted downloads", "checks.cache:check_leftovers"),
+    Check("cache", "locked", "Weights unchanged since the recorded runs (needs lock)", "checks.needslock:check_locked_weights"),
     Check("cache", "deep", "Models load offline (--deep)", "checks.cache:check_deep_load"),
     Check("env", "propagation", "What the launched process inherits", "checks.env:check_propagation"),
     Check("env", "offline", "Offline policy", "checks.env:check_offline_policy"),

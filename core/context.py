@@ -32,6 +32,8 @@ class Options:
     memo_dir: Optional[str] = None  # where resolve/hash memos live; None: ~/.cache/mutation-preflight
     allow_download: bool = False  # weights missing from the cache only warn (the run may download them)
     ask_sudo: bool = True  # a sudo launch's caches are inspected through `sudo -n` where it needs no password
+    needs_lock: Optional[str] = None  # --needs-lock FILE; None: needs.lock.json beside the registry (core.needslock)
+    locked: bool = False  # --locked: weights that changed since the recorded runs fail instead of warning
 
 
 @dataclass(frozen=True)

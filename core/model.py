@@ -202,6 +202,7 @@ class Report:
     models_config: str = ""
     groups: Tuple[str, ...] = GROUPS
     elapsed: float = 0.0
+    needs_lock: str = ""  # the needs lock the doctor read (core.needslock), shown in the header
     launch_matrix: Optional[Mapping[str, Any]] = None  # doctor.launchmatrix, when it was evaluated
 
     @property

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from checks import CHECKS, Check
+from core import needslock
 from core.commands import doctor_command
 from core.context import DoctorContext
 from core.discover.established import unverified
@@ -77,4 +78,4 @@ def run_doctor(ctx: DoctorContext, checks: Optional[Sequence[Check]] = None, pro
     return Report(launch=ctx.launch, findings=tuple(findings),
                   verdicts=verdicts(ctx.plan.experiments, findings, unverified(ctx)),
                   settings_file=ctx.plan.file, models_config=ctx.registry.path, groups=tuple(ctx.options.groups),
-                  elapsed=time.monotonic() - t0)
+                  elapsed=time.monotonic() - t0, needs_lock=needslock.path_for(ctx.options, ctx.registry.path))

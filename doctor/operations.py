@@ -29,6 +29,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", metavar="GROUP[,GROUP]", help=f"check groups to run: {', '.join(GROUPS)}")
     p.add_argument("--probe-timeout", type=float, default=None, metavar="S",
                    help=f"network probe timeout per stage (default {DEFAULT_PROBE_TIMEOUT:g})")
+    p.add_argument("--needs-lock", metavar="FILE",
+                   help="the needs lock: what successful runs used (default: needs.lock.json beside the registry)")
+    p.add_argument("--locked", action="store_true",
+                   help="weights whose sha256 differs from the needs lock fail (default: a warning)")
     p.add_argument("--max-experiments", type=int, default=None, metavar="N",
                    help="refuse a settings file that expands to more than N experiments (default 10000)")
 
@@ -116,7 +120,8 @@ def make_context(args, **extra):
         raise UsageError(str(e)) from None
     options = Options(project_root=root, settings_file=settings, models_config=registry.path, launch=how,
                       groups=parse_groups(args.only), verify=getattr(args, "verify", False),
-                      deep=getattr(args, "deep", False), timeout=probe_timeout(args), **extra)
+                      deep=getattr(args, "deep", False), timeout=probe_timeout(args),
+                      needs_lock=getattr(args, "needs_lock", None), locked=bool(getattr(args, "locked", False)), **extra)
     plan = discovered(plan, registry, launch, options)
     return DoctorContext(options=options, registry=registry, plan=plan, launch=launch)
 
@@ -128,15 +133,15 @@ def discovered(plan, registry, launch, options):
     from core.memo import memo_dir
 
     return with_discovered(plan, registry, launch.home, launch.env.get("PATH", ""), memo_dir(options),
-                           observed_needs(registry))[0]
+                           observed_needs(registry, options))[0]
 
 
-def observed_needs(registry):
+def observed_needs(registry, options=None):
     """`observed(repo, repo_dir, model)` from the needs lock beside the registry, or None (no lock,
     or one that cannot be read: the runner that writes it reports that)."""
     from core import needslock
 
-    path = needslock.default_path(registry.path)
+    path = needslock.path_for(options, registry.path)  # --needs-lock FILE, else beside the registry
     if not os.path.isfile(path):
         return None
     try:

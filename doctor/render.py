@@ -1,6 +1,7 @@
 """Renderers for a doctor Report: JSON (stable schema), terminal (rich) and Markdown."""
 from __future__ import annotations
 
+import os
 from typing import Dict, List
 
 from core.launch import RELEVANT_VARS, which
@@ -71,6 +72,7 @@ def to_json(report: Report) -> dict:
                         for v in report.verdicts],
         "summary": summary(report),
         **({"launch_matrix": dict(report.launch_matrix)} if report.launch_matrix else {}),
+        **({"needs_lock": report.needs_lock} if report.needs_lock else {}),
     }
 
 
@@ -113,6 +115,9 @@ def render_terminal(report: Report, console, verbose: bool = False) -> None:
                   f" [dim]({ctx.source})[/dim]")
     console.print(f"  Hugging Face cache: {escape(ctx.hf_cache)}   torch hub: {escape(ctx.torch_hub)}"
                   f"   offline: {'yes' if ctx.offline else 'no'}")
+    if report.needs_lock:
+        console.print(f"  needs lock: {escape(report.needs_lock)}"
+                      + ("" if os.path.isfile(report.needs_lock) else " (none yet: mutation-run writes it after a successful run)"))
     for group, findings in _by_group(report).items():
         st = group_status(findings)
         console.print(f"[{STYLE[st]}][{MARK[st]}][/{STYLE[st]}] [bold]{GROUP_TITLES.get(group, group)}[/bold]")

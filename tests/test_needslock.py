@@ -126,7 +126,6 @@ def test_locked_needs_are_sources_with_their_run_and_changed_weights_are_found(t
 def test_the_doctor_warns_on_changed_weights_and_fails_under_locked(tmp_path, monkeypatch):
     import argparse
     import dataclasses
-    import types
 
     from checks.needslock import check_locked_weights
     from doctor.operations import make_context
@@ -156,6 +155,6 @@ def test_the_doctor_warns_on_changed_weights_and_fails_under_locked(tmp_path, mo
     assert "changed since the recorded runs" in f.title and "observed in run_20260101_000000/reid_hrnet18_001" in f.detail
     assert f.fix[-1].startswith("mutation-doctor prefetch")
     ctx = make_context(args)
-    ctx.options = types.SimpleNamespace(**dataclasses.asdict(ctx.options), locked=True)
+    ctx.options = dataclasses.replace(ctx.options, locked=True)
     (f,) = check_locked_weights(ctx)
     assert f.status == "fail" and f.blocks

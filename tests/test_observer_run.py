@@ -56,8 +56,8 @@ def _project(tmp_path, hf_cache, torch_home):
                                "model_flag": "-n", "supported_hyperparams": {},
                                "performance_metrics": {"log_patterns": {"acc": r"ACC ([0-9.]+)"}}}}}
     (root / "mutation" / "models_config.json").write_text(json.dumps(reg))
-    for name, model in (("settings.json", "hr"), ("noop.json", "noop")):
-        exps = [{"mode": "default", "repo": "reid", "model": model, "hyperparameters": {}}]
+    for name, models in (("settings.json", ["hr"]), ("noop.json", ["noop"]), ("both.json", ["hr", "noop"])):
+        exps = [{"mode": "default", "repo": "reid", "model": m, "hyperparameters": {}} for m in models]
         (root / name).write_text(json.dumps({"experiment_name": "t", "max_retries": 0, "experiments": exps}))
     return root, local
 
@@ -67,6 +67,15 @@ def _run(root, env, *extra, settings="settings.json"):
             str(root / "mutation" / "models_config.json"), "-ec", str(root / settings),
             "--results-dir", str(root / "results"), "--only", "settings,cache", "--grace", "1", *extra]
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _doctor(root, env, *args, raw=False):
+    verb = [args[0]] if args and args[0] == "prefetch" else []
+    argv = [os.path.join(os.path.dirname(PY), "mutation-doctor"), *verb, "-ec", str(root / ("settings.json" if verb else "both.json")),
+            "--models-config", str(root / "mutation" / "models_config.json"), "--project-root", str(root),
+            *([] if verb else ["--only", "cache"]), *args[len(verb):]]
+    p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return p if raw else json.loads(p.stdout)
 
 
 def _sha(path):
@@ -112,6 +121,31 @@ def test_runs_fill_needs_json_the_record_and_the_lock(tmp_path, clean_env, hub_s
     assert not (exp / "needs.json").exists() and not (exp / "observe").exists()
     assert "observed" not in json.loads((exp / "experiment.json").read_text())
     assert (root / "mutation" / "needs.lock.json").read_bytes() == before
+
+    # later batches are held to the lock: the weights gone from the cache block exactly that model's
+    # experiments, citing the run that recorded them; prefetch brings back exactly the locked revision
+    shutil.rmtree(cache / "models--timm--hrnet_w18.ms_aug_in1k")
+    report = _doctor(root, env, "--json")
+    verdicts = {e["id"]: e["verdict"] for e in report["experiments"]}
+    assert verdicts["reid_hr_001"] == "blocked" and verdicts["reid_noop_002"] != "blocked"
+    assert any(f"observed in {run.name}/reid_hr_001" in f["detail"] for f in report["findings"]
+               if f["status"] == "fail" and "reid_hr_001" in f["experiments"])
+    p = _doctor(root, env, "prefetch", raw=True)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    blob = cache / "models--timm--hrnet_w18.ms_aug_in1k" / "blobs" / hf["sha256"]
+    assert _sha(blob) == hf["sha256"]
+    assert {e["id"]: e["verdict"] for e in _doctor(root, env, "--json")["experiments"]}["reid_hr_001"] != "blocked"
+
+    # other bytes under the locked name: a warning, a blocking failure with --locked
+    blob.write_bytes(b"not the recorded weights")
+    report = _doctor(root, env, "--json")
+    (changed,) = [f for f in report["findings"] if f["id"] == "cache.locked.changed"]
+    assert changed["status"] == "warn" and changed["experiments"] == ["reid_hr_001"]
+    assert "the weights changed since the recorded runs" in changed["title"]
+    report = _doctor(root, env, "--json", "--locked")
+    (changed,) = [f for f in report["findings"] if f["id"] == "cache.locked.changed"]
+    verdicts = {e["id"]: e for e in report["experiments"]}
+    assert changed["status"] == "fail" and "cache.locked.changed" in verdicts["reid_hr_001"]["blocked_by"]
 
 
 @pytest.mark.skipif(sudo_user.skip_reason() is not None, reason=str(sudo_user.skip_reason()))
