@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 FORMAT_VERSION = 1
 _HF_DIR = re.compile(r"^(models|datasets|spaces)--(.+)$")
 _WEIGHT_EXT = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".h5", ".onnx", ".gguf")
-_CODE_EXT = (".py", ".pyc", ".pyi", ".pth", ".so", ".pyd", ".dist-info", ".egg-info")
+_CODE_EXT = (".py", ".pyc", ".pyi", ".so", ".pyd", ".dist-info", ".egg-info")  # site .pth files live in site-packages
 _SYSTEM = ("/usr/", "/lib/", "/lib64/", "/etc/", "/proc/", "/sys/", "/dev/", "/run/", "/var/lib/", "/bin/", "/sbin/")
 _PACKAGES = ("/site-packages/", "/dist-packages/", "/__pycache__/", ".egg-info/", ".dist-info/",
              "/torchinductor_", "/.triton/", "/triton_cache/")  # compiler caches are not needs
