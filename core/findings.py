@@ -50,8 +50,6 @@ DECLARED: Tuple[Declared, ...] = (
     Declared("settings.unknown-hyperparameter", "settings", WARN),
     Declared("settings.not-an-experiment", "settings", OK),
     Declared("settings.no-needs-declared", "settings", OK),
-    Declared("settings.discovery.unresolved", "settings", WARN),
-    Declared("settings.discovery.unattributed", "settings", WARN),
     Declared("settings.history-missing", "settings", WARN),
     Declared("settings.history-unreadable", "settings", WARN),
     Declared("settings.repo.missing", "settings", FAIL, "config.error"),
