@@ -151,6 +151,18 @@ def test_markdown_for_a_success_only_batch(tmp_path, capsys):
     assert not (tmp_path / "r.rerun.json").exists()
 
 
+def test_markdown_replaces_a_planted_link_and_leaves_its_target_alone(tmp_path, capsys):
+    run = tmp_path / "run_1"
+    _exp(run, "ok")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    md = tmp_path / "r.md"
+    md.symlink_to(victim)
+    assert main([str(run), "--markdown", str(md)]) == 0
+    assert victim.read_text() == "keep me\n"
+    assert not md.is_symlink() and "Nothing: no experiment failed" in md.read_text()
+
+
 def test_single_experiment_path_and_explicit_rerun(tmp_path, capsys):
     run = tmp_path / "run_1"
     d = _exp(run, "examples_mnist_001", log="Killed\n", training_success=False,

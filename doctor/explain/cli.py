@@ -65,6 +65,18 @@ def _writable_target(path: str, what: str) -> None:
         raise ExplainInputError(f"{path}: is a folder; expected a file name for the {what}")
 
 
+def write_report(path: str, text: str) -> None:
+    """Put `text` at `path` as a new file renamed into place inside a verified folder: a link
+    planted at `path` is replaced, never written through (this may run as root in a user's folder)."""
+    from core.safefs import SafeTree
+
+    refused: list = []
+    full = os.path.abspath(path)
+    with SafeTree(os.path.dirname(full), create=False, say=refused.append) as tree:
+        if tree.fd is None or not tree.replace(os.path.basename(full), text.encode("utf-8")):
+            raise ExplainInputError(refused[0] if refused else f"{path}: cannot write the report")
+
+
 def run(args: argparse.Namespace) -> int:
     from doctor.explain.batch import explain_path
     from doctor.explain import render
@@ -91,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
             raise ExplainInputError(f"{rerun}: cannot write the rerun settings file: {e.strerror or e}")
     if args.markdown:
         try:
-            with open(args.markdown, "w", encoding="utf-8") as f:
-                f.write(render.render_markdown(report, written))
+            write_report(args.markdown, render.render_markdown(report, written))
         except OSError as e:
             raise ExplainInputError(f"{args.markdown}: cannot write the report: {e.strerror or e}")
     if args.json:
