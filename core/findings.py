@@ -127,8 +127,8 @@ DECLARED: Tuple[Declared, ...] = (
     Declared("system.energy.*", "system", WARN, "perf.unavailable"),
     Declared("system.governor.*", "system", WARN),
     Declared("system.disk.ok", "system", OK),
-    Declared("system.disk.low", "system", FAIL, None, "a full disk: the failure catalogue has no cause for it yet"),
-    Declared("system.disk.inodes", "system", FAIL, None, "no free inodes: the failure catalogue has no cause for it yet"),
+    Declared("system.disk.low", "system", FAIL, "disk.full"),
+    Declared("system.disk.inodes", "system", FAIL, "disk.full"),  # no free inode: ENOSPC too
     Declared("system.ownership.ok", "system", OK),
     Declared("system.ownership.root-owned", "system", FAIL, "permission.denied"),
     Declared("system.mount.ok", "system", OK),

@@ -163,6 +163,18 @@ def test_markdown_replaces_a_planted_link_and_leaves_its_target_alone(tmp_path, 
     assert not md.is_symlink() and "Nothing: no experiment failed" in md.read_text()
 
 
+@pytest.mark.parametrize("finding_id", ["system.disk.low", "system.disk.inodes"])
+def test_a_run_held_back_for_a_full_disk_is_explained_as_disk_full(tmp_path, capsys, finding_id):
+    run = tmp_path / "run_1"
+    finding = {"id": finding_id, "status": "fail", "title": "only 0.2 GiB free for /srv/results",
+               "fix": ["df -h /srv/results"]}
+    _exp(run, "held", training_success=False, status="blocked", exit_code=None, attempts=[],
+         preflight={"verdict": "blocked", "blocked_by": [finding_id], "findings": [finding]})
+    assert main([str(run), "--json"]) == 1
+    e = json.loads(capsys.readouterr().out)["experiments"][0]
+    assert e["cause"]["id"] == "disk.full"
+
+
 def test_single_experiment_path_and_explicit_rerun(tmp_path, capsys):
     run = tmp_path / "run_1"
     d = _exp(run, "examples_mnist_001", log="Killed\n", training_success=False,

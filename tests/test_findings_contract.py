@@ -170,6 +170,8 @@ def test_every_declared_cause_is_in_the_catalogue():
     ("env.sudo.refused", "permission.denied"),
     ("cache.hub.missing", "hub.cache-miss"),
     ("system.energy.perf-missing", "perf.unavailable"),
+    ("system.disk.low", "disk.full"),
+    ("system.disk.inodes", "disk.full"),
     ("settings.check.crashed", None),
 ])
 def test_cause_for_names_the_right_cause(finding_id, cause):
