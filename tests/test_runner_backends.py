@@ -108,3 +108,27 @@ def test_the_watchdog_stops_only_what_is_still_listed_and_nothing_after_a_goodby
     lines = ["job 100 5 2 run_t/a\n", "job 200 6 1 run_t/b\n", "done 100\n", "job x y z w\n"]
     assert serve(iter(lines)) == {200: (6, 1.0, "run_t/b")}
     assert serve(iter(lines + ["bye\n"])) == {}
+
+
+def test_a_job_announced_before_its_start_is_stopped_by_its_token_when_the_runner_dies_before_confirming_it(tmp_path):
+    # the runner may die between starting a job and naming its process group to the watchdog:
+    # the announcement made before the start is enough for the watchdog to stop it
+    import subprocess
+    from runner.backends.base import TOKEN_VAR
+    from runner.backends.watchdog import serve, stop_all
+
+    lines = ["want 0 0.2 run_t/a\n", "want 0 1 run_t/b\n", "drop run_t/b\n"]
+    jobs = serve(iter(lines))
+    assert list(jobs.values()) == [(0, 0.2, "run_t/a")] and all(k < 0 for k in jobs)
+    env = dict(os.environ, **{TOKEN_VAR: "run_t/a"})
+    job = subprocess.Popen(["bash", "-c", 'trap "" TERM; while true; do sleep 0.1; done'], env=env, start_new_session=True)
+    other = subprocess.Popen(["sleep", "60"], env=dict(os.environ, **{TOKEN_VAR: "run_t/b"}), start_new_session=True)
+    try:
+        stop_all(jobs)
+        assert job.wait(timeout=10) == -9  # it ignored SIGTERM: killed after the grace
+        assert other.poll() is None  # dropped: its start failed, what carries its token is not this job's
+    finally:
+        for p in (job, other):
+            p.kill()
+            p.wait()
+    assert serve(iter(lines + ["job 300 7 0.2 run_t/a\n"])) == {300: (7, 0.2, "run_t/a")}  # confirmed: one entry

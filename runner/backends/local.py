@@ -101,19 +101,23 @@ class LocalBackend(Backend):
             log = open_log(spec.log_path, append=spec.append)
         except OSError as e:
             raise StartError(f"not started: {e.strerror or e}", 126) from None
+        token = spec.token.replace("\n", " ")
+        if token:  # announced first: a runner killed before the `job` line still has this job stopped
+            self._watch(f"want {(_proc_stat(os.getpid()) or ('', 0, 0))[2]} {spec.grace:g} {token}")
         try:
             proc = subprocess.Popen(list(spec.argv), cwd=spec.cwd, env=dict(spec.env), stdin=subprocess.DEVNULL,
                                     stdout=log if spec.append else subprocess.PIPE, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True, preexec_fn=self._child_setup())
         except OSError as e:
             log.close()
+            if token:
+                self._watch(f"drop {token}")
             raise StartError(f"cannot start {spec.argv[0]!r} in {spec.cwd}: {e.strerror or e}",
                              127 if isinstance(e, FileNotFoundError) else 126) from None
         if spec.append:
             log.close()  # the child has its own copy of the descriptor
             log = None
         handle = LocalHandle(spec, proc, log, stream, self)
-        token = spec.token.replace("\n", " ")
         self._watch(f"job {handle.pgid} {handle.born} {spec.grace:g} {token}")
         return handle
 
