@@ -48,6 +48,7 @@ DECLARED: Tuple[Declared, ...] = (
     Declared("settings.empty", "settings", WARN),
     Declared("settings.ignored-key", "settings", WARN),
     Declared("settings.unknown-hyperparameter", "settings", WARN),
+    Declared("settings.ignored-hyperparameters", "settings", WARN),
     Declared("settings.not-an-experiment", "settings", OK),
     Declared("settings.no-needs-declared", "settings", OK),
     Declared("settings.history-missing", "settings", WARN),

@@ -124,6 +124,11 @@ class _Builder:
                           f"{where}.model", fix=(f"use one of: {', '.join(spec.models)}",))
             return None
         hp = obj.get("hyperparameters") or {}
+        if mode != "default" and isinstance(hp, dict) and hp:
+            self.lint.add("settings.ignored-hyperparameters", WARN,
+                          "\"hyperparameters\" on a mutation entry: mutation.py ignores them and mutates instead",
+                          f"{where}.hyperparameters",
+                          fix=(f"set \"mode\": \"default\" at {where} to run these values, or remove \"hyperparameters\"",))
         if not isinstance(hp, dict):
             self.lint.add("settings.bad-value", FAIL, "\"hyperparameters\" must be an object", f"{where}.hyperparameters")
             hp = {}
@@ -164,7 +169,7 @@ class _Builder:
             ids.append(eid)
         return ids
 
-    def entry(self, e: Any, i: int, top_runs: int) -> None:
+    def entry(self, e: Any, i: int, top_runs: int, top_mode: Any = "mutation") -> None:
         where = f"experiments[{i}]"
         if not isinstance(e, dict):
             self.lint.add("settings.bad-entry", FAIL, "an experiment entry must be an object", where)
@@ -173,11 +178,13 @@ class _Builder:
             if not any(k in e for k in ("mode", "mutate", "hyperparameters")):
                 self.lint.add("settings.not-an-experiment", OK, "entry without repo or model (a comment?) is skipped", where)
                 return
-        mode = e.get("mode")
-        if mode is None and ("foreground" in e or "background" in e):
+        mode = e.get("mode", top_mode)  # mutation.py: the entry's mode, else the file's, else mutation
+        mode_at = f"{where}.mode" if "mode" in e else "mode"
+        if mode != "parallel" and ("foreground" in e or "background" in e):
             self.lint.add("settings.unknown-mode", FAIL,
                           "foreground/background without \"mode\": \"parallel\": mutation.py treats it as a "
-                          "mutation entry and raises KeyError: 'repo'", where, fix=(f"set \"mode\": \"parallel\" at {where}",))
+                          f"{'default' if mode == 'default' else 'mutation'} entry and raises KeyError: 'repo'", where,
+                          fix=(f"set \"mode\": \"parallel\" at {where}",))
             return
         if mode == "parallel":
             self._check_keys(e, where, ENTRY_KEYS)
@@ -187,7 +194,9 @@ class _Builder:
                 self.lint.add("settings.missing-key", FAIL, f"\"{missing}\" missing: a parallel entry needs both sides",
                               f"{where}.{missing}")
                 return
-            fmode = "default" if fgd.get("mode") == "default" else "mutation"
+            # mutation.py mutates the foreground only for "mutation" (its default); any other mode runs
+            # the foreground's fixed hyperparameters
+            fmode = "mutation" if fgd.get("mode", "mutation") == "mutation" else "default"
             fg = self.side(fgd, f"{where}.foreground", fmode)
             bg = self.side(bgd, f"{where}.background", "default")
             if fg is None or bg is None:
@@ -196,10 +205,10 @@ class _Builder:
             ids = self.add("parallel", fg, bg, runs, where, i)
             self._repository_key({f"{where}.foreground": fgd, f"{where}.background": bgd}, ids)
             return
-        if mode not in ("default", "mutation", None):
+        if mode not in ("default", "mutation"):
             self.lint.add("settings.unknown-mode", WARN,
                           f"mode \"{mode}\" is not default, mutation or parallel: mutation.py treats it as mutation",
-                          f"{where}.mode", fix=(f"set \"mode\": \"mutation\" (or \"default\") at {where}",))
+                          mode_at, fix=(f"set \"mode\": \"mutation\" (or \"default\") at {mode_at}",))
         kind = "default" if mode == "default" else "mutation"
         side = self.side(e, where, kind)
         if side is None:
@@ -237,8 +246,9 @@ def load_plan(path: str, registry: Registry) -> Plan:
     top_runs = _runs(data.get("runs_per_config"))
     if "runs_per_config" in data and top_runs is None:
         lint.add("settings.bad-value", FAIL, "\"runs_per_config\" must be a whole number >= 1", "runs_per_config")
+    top_mode = data.get("mode", "mutation")
     for i, e in enumerate(entries):
-        b.entry(e, i, top_runs or 1)
+        b.entry(e, i, top_runs or 1, top_mode)
     if not b.experiments:
         lint.add("settings.empty", WARN, "no experiment to run", "experiments")
     max_retries = data.get("max_retries", 2)

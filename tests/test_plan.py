@@ -157,3 +157,64 @@ def test_the_incident_batch_is_22_experiments(corpus_files):
     assert sum(e.mode == "parallel" for e in plan.experiments) == 11
     hrnet = [e for e in plan.experiments if "hrnet18" in (e.model, e.background and e.background.model)]
     assert hrnet and all(any(n.kind == "timm" for n in e.needs) for e in hrnet)
+
+
+def test_entry_mode_falls_back_to_the_files_mode_like_mutation_py(tmp_path, registry):
+    path = write(tmp_path, {"mode": "default", "experiments": [
+        {"repo": "demo", "model": "scratch_mlp", "hyperparameters": {"epochs": 2}},
+        {"mode": "mutation", "repo": "demo", "model": "scratch_mlp", "mutate": ["seed"]},
+    ]})
+    plan = load_plan(path, registry)
+    assert [e.mode for e in plan.experiments] == ["default", "mutation"]
+    assert plan.experiments[0].foreground.hyperparameters == {"epochs": 2}
+    assert plan.experiments[0].foreground.mutate == ()
+    assert plan.findings == ()
+    # an unknown file-level mode is mutation to mutation.py, and the warning points at the top-level key
+    plan = load_plan(write(tmp_path, {"mode": "batch", "experiments": [
+        {"repo": "demo", "model": "scratch_mlp", "mutate": ["seed"]}]}, "b.json"), registry)
+    assert [e.mode for e in plan.experiments] == ["mutation"]
+    (warn,) = [f for f in plan.findings if f.id == "settings.unknown-mode"]
+    assert warn.data["paths"] == ["mode"]
+    # a file-level "parallel" makes an entry without mode a parallel one
+    plan = load_plan(write(tmp_path, {"mode": "parallel", "experiments": [
+        {"foreground": {"repo": "demo", "model": "scratch_mlp", "mode": "default"},
+         "background": {"repo": "demo", "model": "scratch_mlp"}}]}, "p.json"), registry)
+    assert [e.mode for e in plan.experiments] == ["parallel"] and plan.findings == ()
+
+
+def test_parallel_foreground_of_another_mode_runs_its_fixed_hyperparameters(tmp_path, registry):
+    path = write(tmp_path, {"experiments": [
+        {"mode": "parallel",
+         "foreground": {"repo": "demo", "model": "scratch_mlp", "mode": "fixed", "hyperparameters": {"epochs": 3}},
+         "background": {"repo": "demo", "model": "scratch_mlp"}},
+        {"mode": "parallel", "foreground": {"repo": "demo", "model": "scratch_mlp", "mutate": ["seed"]},
+         "background": {"repo": "demo", "model": "scratch_mlp"}},
+    ]})
+    fixed, mutated = load_plan(path, registry).experiments
+    assert fixed.foreground.mutate == () and fixed.foreground.hyperparameters == {"epochs": 3}
+    assert mutated.foreground.mutate == ("seed",)
+
+
+def test_hyperparameters_on_a_mutation_entry_are_named_as_ignored(tmp_path, registry):
+    path = write(tmp_path, {"experiments": [
+        {"repo": "demo", "model": "scratch_mlp", "mutate": ["seed"], "hyperparameters": {"epochs": 2}},
+        {"mode": "default", "repo": "demo", "model": "scratch_mlp", "hyperparameters": {"epochs": 2}},
+        {"mode": "parallel",
+         "foreground": {"repo": "demo", "model": "scratch_mlp", "mutate": ["seed"], "hyperparameters": {"epochs": 2}},
+         "background": {"repo": "demo", "model": "scratch_mlp", "hyperparameters": {"epochs": 2}}},
+    ]})
+    plan = load_plan(path, registry)
+    (f,) = [f for f in plan.findings if f.id == "settings.ignored-hyperparameters"]
+    assert f.status == "warn" and f.group == "settings"
+    assert f.data["paths"] == ["experiments[0].hyperparameters", "experiments[2].foreground.hyperparameters"]
+    assert "\"mode\": \"default\"" in f.fix[0] and "experiments[0]" in f.fix[0]
+
+
+def test_corpus_optimized_mutation_v1_hyperparameters_are_ignored(corpus_files):
+    reg = load_registry(str(CORPUS / "mutation" / "models_config.json"), str(CORPUS))
+    path = CORPUS / "settings" / "archived" / "optimized_mutation_v1.json"
+    if not path.is_file():
+        pytest.skip(f"{path} is not in the corpus")
+    plan = load_plan(str(path), reg)
+    (f,) = [f for f in plan.findings if f.id == "settings.ignored-hyperparameters"]
+    assert len(f.data["paths"]) >= 20
