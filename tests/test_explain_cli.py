@@ -278,3 +278,43 @@ def test_fixes_name_the_path_from_the_message(tmp_path):
     assert by_id["denied"].cause_id == "permission.denied"
     assert f"ls -ld {data}" in by_id["denied"].fix  # a folder: itself, not its parent
     assert by_id["shell"].cause_id == "permission.denied" and "ls -ld /srv/out" in by_id["shell"].fix
+
+
+def _slurm_record(run: Path, eid: str, *, state: str, attempts: list, log: str = None) -> Path:
+    """A record as the Slurm backend leaves it: runner.results.experiment_record with Slurm's accounting
+    (sacct) under `slurm`, as runner/backends/slurm_batch.py writes it for a job with or without its own record."""
+    from types import SimpleNamespace
+
+    from runner.backends.slurm_batch import ENDED_STATES
+    from runner.results import experiment_record
+
+    side = SimpleNamespace(repo="examples", model="mnist", hyperparameters={"epochs": 2})
+    job = SimpleNamespace(id=eid, foreground=side, background=None, experiment=SimpleNamespace(mode="default"))
+    why = ENDED_STATES.get(state, "the job was killed by signal 9 (SIGKILL)").format(limit=" (--time 00:10:00)",
+                                                                                  node="n1")
+    info = {"job_id": f"{eid}_0", "state": state, "node": "n1", "exit_code": "0:15", "step_signal": None,
+            "elapsed": "00:10:02", "log": ""}
+    rec = experiment_record(job=job, status="failed", timestamp="2026-01-07T01:52:45", duration=602.0,
+                            exit_code=None, attempts=attempts, metrics={},
+                            error_message=f"{why} on node n1 (Slurm job {eid}_0)", error_excerpt=[],
+                            preflight={"verdict": "pass", "blocked_by": []}, launch={}, extra={"slurm": info})
+    d = run / eid
+    d.mkdir(parents=True)
+    (d / "experiment.json").write_text(json.dumps(rec, indent=2))
+    if log is not None:
+        (d / "training.log").write_text(log)
+    return d
+
+
+def test_a_slurm_job_ended_at_its_time_limit_is_a_timeout(tmp_path, capsys):
+    run = tmp_path / "run_1"
+    _slurm_record(run, "lost", state="TIMEOUT", attempts=[])  # the job wrote no record of its own
+    term = {"attempt": 1, "log": "training.log", "started": "2026-01-07T01:52:45", "duration_seconds": 598.0,
+            "exit_code": None, "signal": 15, "timed_out": False, "retry_reason": None}
+    _slurm_record(run, "own", state="TIMEOUT", attempts=[term], log="epoch 1 loss 0.5\nepoch 2 loss 0.4\n")
+    _slurm_record(run, "oom", state="OUT_OF_MEMORY", attempts=[])
+    assert main([str(run), "--json"]) == 1
+    got = {e["experiment_id"]: e for e in json.loads(capsys.readouterr().out)["experiments"]}
+    assert got["lost"]["cause"]["id"] == "timeout" and got["own"]["cause"]["id"] == "timeout"
+    assert any("TIMEOUT" in ev["text"] for ev in got["lost"]["evidence"])
+    assert got["oom"]["cause"]["id"] != "timeout"

@@ -115,6 +115,9 @@ class FailureCauses:
             ev = Evidence("experiment.json", where, desc)
         else:
             ev = None
+        slurm = self.slurm_time_limit()
+        if slurm is not None:
+            return slurm
         if timed_out:
             self.evidence.append(ev)
             dur = as_num(last.get("duration_seconds")) or self.duration

@@ -19,6 +19,8 @@ TIMEOUT_MARK = b"TIMEOUT - PARTIAL OUTPUT"
 FAST_TRAINING_TIMEOUT_SECONDS = 3600
 ROUND_LIMITS = frozenset(float(FAST_TRAINING_TIMEOUT_SECONDS * k) for k in range(1, 25))  # whole hours
 LIMIT_SLACK = 30.0  # seconds between the limit and the end of the kill as recorded
+# Slurm job states (sacct) of a job its scheduler stopped for time, and what stopped it.
+SLURM_TIME_STATES = {"TIMEOUT": "time limit", "DEADLINE": "deadline"}
 # What a run prints when it ends by itself: a final report, a success banner, an exit code line.
 _FINAL = re.compile(r"Training completed|completed successfully|\[SUCCESS\]|Evaluation completed|"
                     r"exit code|Finished|\bDone\b|Total time|Final (?:results|test|accuracy)|Best ", re.I)
@@ -80,6 +82,25 @@ class TimeLimit:
         self.facts["signal_text"] = f"the runner's kill at {fmt_s(lim)} (inferred from the duration)"
         self.facts["bigger_timeout"] = str(int(lim * 2))
         return "timeout", INDIRECT - 0.1
+
+
+    def slurm_time_limit(self) -> Optional[Tuple[str, float]]:
+        """("timeout", confidence) when Slurm's accounting, as the Slurm backend records it under
+        `slurm.state`, says the job was ended at its time limit (TIMEOUT) or its deadline (DEADLINE)."""
+        slurm = self.d.get("slurm")
+        state = slurm.get("state") if isinstance(slurm, dict) else None
+        if state not in SLURM_TIME_STATES:
+            return None
+        job = slurm.get("job_id")
+        self.evidence.append(self.jev("slurm", f'"slurm": state {state}' + (f", job {job}" if job else "")))
+        dur = self.duration
+        f = self.facts
+        f["duration_text"] = fmt_s(dur) if dur is not None else "its time limit"
+        f["signal_text"] = f"Slurm's kill at the job's {SLURM_TIME_STATES[state]} (sacct state {state})"
+        f["bigger_timeout"] = str(max(60, int(round((dur or 3600) * 2))))
+        self.pre_chain.append(f"Slurm ended the job{' ' + str(job) if job else ''} at its {SLURM_TIME_STATES[state]}; "
+                              "a longer run needs a longer sbatch --time as well.")
+        return "timeout", 0.95
 
 
 def _mid_progress(scan: LogScan) -> bool:
