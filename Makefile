@@ -20,17 +20,20 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-# The main job on the bundled demo: the doctor's report, then the gated runner.
+# The main job on the bundled demo: the doctor's report, then the gated runner. The needs lock
+# lives with the demo's results, not beside the bundled registry, so the checkout stays clean.
 # Exit status 1 from the doctor means "something is blocked", which is the expected truth on a
 # machine whose caches do not hold the demo's weights; the runner then holds those back.
 demo: $(VENV)/.installed
 	@echo "== mutation-doctor -ec settings/demo.json"
-	@PATH="$(BIN):$$PATH" $(BIN)/mutation-doctor -ec settings/demo.json --probe-timeout 2; \
+	@PATH="$(BIN):$$PATH" $(BIN)/mutation-doctor -ec settings/demo.json --probe-timeout 2 \
+	  --needs-lock $(DEMO_RESULTS)/needs.lock.json; \
 	  echo "(doctor exit status $$?: 0 all can run, 1 some are blocked)"
 	@echo
 	@echo "== mutation-run --require-preflight -ec settings/demo.json"
 	PATH="$(BIN):$$PATH" $(BIN)/mutation-run --require-preflight -ec settings/demo.json \
-	  --results-dir $(DEMO_RESULTS) --timeout 300 --probe-timeout 2; \
+	  --results-dir $(DEMO_RESULTS) --timeout 300 --probe-timeout 2 \
+	  --needs-lock $(DEMO_RESULTS)/needs.lock.json; \
 	  status=$$?; [ $$status -le 1 ] || exit $$status
 
 test: $(VENV)/.installed-test

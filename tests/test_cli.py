@@ -66,7 +66,8 @@ def test_bad_json_names_file_and_position(tmp_path):
 
 def test_json_contract_and_exit_code_on_demo(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    p = doctor("-ec", "settings/demo.json", "--only", "settings,cache", "--json", env=env)
+    p = doctor("-ec", "settings/demo.json", "--only", "settings,cache", "--json",
+               "--needs-lock", str(tmp_path / "needs.lock.json"), env=env)
     data = json.loads(p.stdout)
     assert data["format_version"] == 1
     assert set(data) >= {"launch", "findings", "experiments", "summary"}
@@ -118,6 +119,7 @@ def test_a_crashing_check_is_one_terminal_line_and_its_traceback_only_under_v():
 def test_markdown_report_and_piped_table_keep_whole_ids(tmp_path):
     md = tmp_path / "report.md"
     p = doctor("-ec", "settings/demo.json", "--only", "settings,cache", "--markdown", str(md),
+               "--needs-lock", str(tmp_path / "needs.lock.json"),
                env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert p.returncode == 1
     assert "demo_timm_resnet18_003 " in p.stdout and "…" not in p.stdout  # piped: no cropping

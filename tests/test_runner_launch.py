@@ -41,6 +41,7 @@ def test_demo_timm_experiment_loads_its_cached_weights_offline(tmp_path, clean_e
     results = tmp_path / "results"
     p = subprocess.run([PY, "-m", "runner.cli", "--require-preflight", "-ec", str(settings), "--project-root", str(ROOT),
                         "--models-config", str(ROOT / "settings" / "models_config.json"), "--results-dir", str(results),
+                        "--needs-lock", str(tmp_path / "needs.lock.json"),  # not beside the bundled registry
                         "--only", "settings,cache", "--timeout", "240", "-q"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -52,6 +53,7 @@ def test_demo_timm_experiment_loads_its_cached_weights_offline(tmp_path, clean_e
     assert need["status"] == "present" and need["path"].startswith(str(cache))
     assert "test_accuracy" in r["performance_metrics"]
     assert fresh_hub.requests[before:] == []  # offline: the Hub was never asked
+    assert (tmp_path / "needs.lock.json").is_file()  # the passed run's lock went where --needs-lock said
 
 
 # -- real sudo ----------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ def test_doctor_json_never_prints_secrets(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_TOKEN": "hf_supersecretvalue123456",
            "HTTPS_PROXY": "http://carol:hunter2hunter2@127.0.0.1:9", "HF_HUB_OFFLINE": "1"}
     p = subprocess.run([sys.executable, "-m", "doctor.cli", "-ec", "settings/demo.json", "--only", "settings,cache,env",
-                        "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                        "--json", "--needs-lock", str(tmp_path / "needs.lock.json")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode in (0, 1, 3), p.stderr  # 3: nothing blocked, some experiment unverified
     out = p.stdout + p.stderr
     assert "supersecretvalue" not in out and "hunter2" not in out
