@@ -107,6 +107,24 @@ def new_run_dir(results_dir: str, owner: Optional[tuple] = None) -> str:
     raise OSError(errno.EEXIST, f"no free run folder name in {results_dir}")
 
 
+def new_run_token(run_dir: str) -> str:
+    """The run token of a new run: its folder's name and a random part, so two batches started in
+    the same second (even in different results folders) never mark their jobs alike. Stored in
+    run.json and reused by --resume to find its own leftovers."""
+    import secrets
+
+    return f"{os.path.basename(run_dir)}.{secrets.token_hex(6)}"
+
+
+def run_token(run_dir: str) -> str:
+    """The run token run.json recorded, else the folder's name (runs recorded before it had one)."""
+    manifest = read_json(os.path.join(run_dir, "run.json"))
+    token = manifest.get("run_token") if isinstance(manifest, dict) else None
+    if isinstance(token, str) and 0 < len(token) <= 200 and all(c.isalnum() or c in "._-" for c in token):
+        return token
+    return os.path.basename(run_dir)
+
+
 class Batch:
     def __init__(self, *, ctx, jobs: Sequence[Job], preflights: Mapping[str, Preflight], run_dir: str,
                  options: Options, say: Callable[[str], None], stop: StopRequest,
@@ -125,6 +143,7 @@ class Batch:
         self.backend = backend
         self.before = None  # see take_snapshot()
         self.run_id = os.path.basename(run_dir)
+        self.token = run_token(run_dir)  # marks every job's processes (TOKEN_VAR): <token>/<experiment>
         self.records: Dict[str, dict] = {}
         self._summary_at = float("-inf")
         self.outcomes: List[Outcome] = []
@@ -228,7 +247,7 @@ class Batch:
                 st["attempts"] = attempts
                 st["status"] = "interrupted"
                 # the crashed runner's children may still be training: stop them before the rerun
-                token = f"{self.run_id}/{job.id}"
+                token = f"{self.token}/{job.id}"
                 strays = self.backend.sweep([token, token + "/background"])
                 st["stragglers"] = strays
                 self._open_journal()
@@ -267,7 +286,8 @@ class Batch:
             self.run_before = snapshot([self.run_dir], below=resume)
         self._open_journal()
         state = self.resume_state() if resume else {}
-        self.journal.write("run-resume" if resume else "run-start", pid=os.getpid(), run_id=self.run_id)
+        self.journal.write("run-resume" if resume else "run-start", pid=os.getpid(), run_id=self.run_id,
+                           run_token=self.token)
         total = len(self.jobs)
         for i, job in enumerate(self.jobs, 1):
             st = state.get(job.id) or {}
@@ -325,7 +345,7 @@ class Batch:
         """The experiment's command (energy wrap, launch prefix), environment and launch record."""
         pf, exp_dir = self.preflights[job.id], self._exp_dir(job)
         cmd, cwd = side_command(self.ctx.registry, job.foreground)
-        token = f"{self.run_id}/{job.id}"
+        token = f"{self.token}/{job.id}"
         measured = self.energy.measures(job.id)
         if measured:
             cmd = self.energy.wrap(cmd, exp_dir)

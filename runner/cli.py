@@ -286,7 +286,7 @@ def _say_preflight(say, jobs, preflights, options) -> None:
 def run(args) -> int:
     from doctor.cli import UsageError
     from core.ownership import sudo_owner
-    from runner.batch import Batch, new_run_dir
+    from runner.batch import Batch, new_run_dir, new_run_token
     from runner.execute import StopRequest
     from runner.launchenv import preflight
     from runner.manifest import load_manifest
@@ -339,7 +339,7 @@ def run(args) -> int:
             raise UsageError(f"--results-dir {results_dir}: cannot create a run folder: {e.strerror}") from None
         since = started - 1.0
         write_json(os.path.join(run_dir, "run.json"), dict(_run_json(ctx, ns, options, jobs, seed, started, slurm),
-                                                           dedup=draws.to_dict()))
+                                                           dedup=draws.to_dict(), run_token=new_run_token(run_dir)))
     say(f"mutation-run: {ctx.plan.name}: {len(jobs)} experiment(s) -> {run_dir}")
     _say_preflight(say, jobs, preflights, options)
 

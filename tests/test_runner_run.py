@@ -571,3 +571,57 @@ while true; do sleep 0.1; done
             assert wait_for(lambda: not any(alive(p) for p in pids)), [p for p in pids if alive(p)]
         finally:
             stop_all(proc, pids)
+
+
+def _start_in_the_same_second(roots, env, tries=3):
+    """Two runners started at once whose run folders got the same name (one second apart they
+    would not): [(runner, run folder, pid of the training's child)], or None after `tries`."""
+    import shutil
+
+    for _ in range(tries):
+        time.sleep(1.02 - time.time() % 1)  # just after a second begins
+        procs = [subprocess.Popen(runner_argv(r), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL) for r in roots]
+        started = all(wait_for((r / "repos" / "child.pid").exists) for r in roots)
+        pids = [int((r / "repos" / "child.pid").read_text()) for r in roots if (r / "repos" / "child.pid").exists()]
+        if started and run_dir(roots[0]).name == run_dir(roots[1]).name:
+            return [(p, run_dir(r), pid) for p, r, pid in zip(procs, roots, pids)]
+        for p in procs:
+            stop_all(p, pids)
+            p.wait(timeout=10)
+        for r in roots:
+            shutil.rmtree(r / "results", ignore_errors=True)
+            (r / "repos" / "child.pid").unlink(missing_ok=True)
+    return None
+
+
+def test_two_batches_started_in_the_same_second_never_stop_each_others_trainings(tmp_path, env):
+    # same second, different results folders: run folders of the same name; the resume of one
+    # stops its own leftovers and nothing of the other batch
+    script = """#!/bin/bash
+[ -e ../release ] && exit 0
+sleep 120 & echo $! > ../child.pid
+wait
+"""
+    a, b = roots = [make_project(tmp_path / n, {"r": {"script": script}}, [entry()]) for n in ("a", "b")]
+    both = _start_in_the_same_second(roots, env)
+    if both is None:
+        pytest.skip("the two runners never created their run folders in the same second")
+    (pa, rd_a, orphan), (pb, rd_b, other) = both
+    try:
+        watchdog = watchdog_of(pa.pid)
+        pa.send_signal(signal.SIGKILL)  # the first batch's runner dies with its watchdog: its training's child is left
+        watchdog.kill()
+        pa.wait(timeout=10)
+        assert alive(orphan) and alive(other)
+        (a / "repos" / "release").touch()
+        p = subprocess.run([PY, "-m", "runner.cli", "--resume", str(rd_a), "--retry-delay", "0"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert alive(other), "the resume of one batch stopped the other batch's training"
+        assert not alive(orphan)  # its own leftover is stopped
+        tokens = [json.loads((rd / "run.json").read_text())["run_token"] for rd in (rd_a, rd_b)]
+        assert tokens[0] != tokens[1] and all(t.startswith(rd_a.name + ".") for t in tokens)
+    finally:
+        stop_all(pb, [orphan, other])
+        stop_all(pa, [orphan, other])
