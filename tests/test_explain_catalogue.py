@@ -116,3 +116,32 @@ def test_every_text_rule_and_every_exception_cause_has_its_case():
     from_exceptions = {c for _, _, c in EXCEPTION_RULES if c}
     assert from_exceptions >= set(cat.IDS) - {"hub.cache-miss.sudo-home", "cuda.oom.foreign-process", "perf.unavailable",
                                               "timeout", "false-success", "metrics.not-extracted", "unknown"}
+
+
+BAR = "".join(f" {k}/9000 [loss=0.{k:04d}]" for k in range(9000))  # a long line: a progress bar without newlines
+
+
+@pytest.mark.parametrize("line, cause", [
+    ("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" + BAR, "cuda.oom"),  # a message, then a bar
+    (BAR + " OSError: [Errno 28] No space left on device", "disk.full"),  # a bar, then the message
+    (BAR[:3000] + " error: argument --lr: invalid float value: 'x' " + BAR[:3000], "config.error"),  # not long
+    # Of a long line only the start and the end are read: what only its middle says is not looked for.
+    (BAR[:5000] + " No space left on device " + BAR[:5000], None),
+])
+def test_a_long_line_is_read_at_its_start_and_its_end(line, cause):
+    assert cat.classify_text(line) == cause
+
+
+@pytest.mark.parametrize("near, far", [
+    ("dataset {} not found", "dataset {} not found"),
+    ("error: argument --lr{}: invalid float value: 'x'", "error: argument --lr{}: invalid float value: 'x'"),
+    ("event syntax error: {}'power/energy-pkg/'", "event syntax error: {}'power/energy-pkg/'"),
+])
+def test_the_words_of_a_message_are_looked_for_close_together(near, far):
+    # An unbounded gap (`.*`) between two words makes a search quadratic in a long line's length.
+    def cause(line):
+        got = cat.classify_text(line) or cat.classify_exception(failures.ExceptionRecord("RuntimeError", line, 0, None))
+        return got[0] if isinstance(got, tuple) else got
+
+    assert cause(near.format(" x" * 20)) is not None
+    assert cause(far.format(" x" * 200)) is None

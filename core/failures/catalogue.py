@@ -55,8 +55,11 @@ _PROXY = re.compile(r"ProxyError|proxy", re.I)
 _NOT_FOUND_T = ("RepositoryNotFoundError", "RemoteEntryNotFoundError", "EntryNotFoundError",
                 "RevisionNotFoundError", "GatedRepoError", "DisabledRepoError")
 _CACHE_MISS = re.compile(r"LocalEntryNotFoundError|OfflineModeIsEnabled|cannot find the requested "
-                         r"files in the local cache|couldn't connect to '?https?://[^ ]*huggingface|"
+                         r"files in the local cache|couldn't connect to '?https?://[^ ]{0,200}?huggingface|"
                          r"outgoing traffic has been disabled|offline mode is enabled", re.I)
+# Gaps between two words of a message are bounded: an unbounded `.*` after a word that repeats on a
+# long line makes the search quadratic in the line's length.
+_DATASET_GONE = re.compile(r"\bdataset\b.{0,200}?\b(?:not found|does not exist)", re.I)
 _DISK_FULL = re.compile(r"No space left on device|Disk quota exceeded|\[Errno 28\]", re.I)
 _NET_TYPES = ("ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "ConnectionAbortedError",
               "TimeoutError", "timeout", "gaierror", "RemoteDisconnected", "IncompleteRead", "URLError",
@@ -114,7 +117,7 @@ def classify_exception(rec: ExceptionRecord) -> Optional[Tuple[str, int]]:
         if path and _PY_PATH.search(path):
             return "python.interpreter-missing", 65
         return "data.missing", 55
-    if "Dataset not found" in msg or re.search(r"\bdataset\b.*\b(?:not found|does not exist)", msg, re.I):
+    if "Dataset not found" in msg or _DATASET_GONE.search(msg):
         return "data.missing", 60
     if name == "JSONDecodeError" or (name == "KeyError" and (
             rec.in_files("mutation.py", "/runner/", "settings") or msg.strip("'\"") in _SETTINGS_KEYS)):
@@ -128,7 +131,7 @@ _TEXT_RULES: Tuple[Tuple[str, "re.Pattern[str]"], ...] = tuple(
                                        r"/python[\d.]*: No such file or directory|"
                                        r"EnvironmentLocationNotFound|Could not find conda environment|"
                                        r"conda: command not found|Not a conda environment"),
-        ("perf.unavailable", r"event syntax error: .*power/energy|Cannot find PMU `power'|"
+        ("perf.unavailable", r"event syntax error: .{0,200}?power/energy|Cannot find PMU `power'|"
                              r"perf_event_paranoid|Access to performance monitoring and observability|"
                              r"perf: command not found|perf not found|sys_perf_event_open\(\) syscall|"
                              r"power/energy-(?:pkg|ram)/\s+<not (?:supported|counted)>"),
@@ -139,7 +142,7 @@ _TEXT_RULES: Tuple[Tuple[str, "re.Pattern[str]"], ...] = tuple(
                    r"exit code: (?:137|-9)\b"),
         ("interrupted", r"KeyboardInterrupt|^Terminated$|exit code: (?:130|-2|143|-15)\b|"
                         r"received (?:SIGINT|SIGTERM|SIGHUP)"),
-        ("config.error", r"error: unrecognized arguments|error: argument .*: invalid|"
+        ("config.error", r"error: unrecognized arguments|error: argument .{0,200}?: invalid|"
                          r"error: the following arguments are required|KeyError: '(?:repo|model|"
                          r"hyperparameters|foreground|background|experiments)'"),
         ("hub.cache-miss", _CACHE_MISS.pattern),
@@ -162,9 +165,23 @@ def text_rule(line: str) -> Optional[str]:
     return None
 
 
+LINE_HEAD = 4096  # a long line is read only this far from its start...
+LINE_TAIL = 2048  # ...and this far from its end (progress bars joined by \r, printed tensors)
+
+
 def classify_text(line: str) -> Optional[str]:
     """Cause id for a log line that is not part of a traceback: an exception line by the exception
-    rules, else a tool or shell message by the text rules."""
+    rules, else a tool or shell message by the text rules.
+
+    A message that names a cause starts a line or ends it (after a progress bar that had no newline):
+    of a line longer than LINE_HEAD + LINE_TAIL only its start and its end are read, so the time
+    spent on a line is bounded whatever its length."""
+    if len(line) > LINE_HEAD + LINE_TAIL:
+        return _classify_line(line[:LINE_HEAD]) or _classify_line(line[-LINE_TAIL:])
+    return _classify_line(line)
+
+
+def _classify_line(line: str) -> Optional[str]:
     exc = looks_like_exception(line)
     if exc is not None:
         got = classify_exception(ExceptionRecord(exc[0], exc[1], 0, None))
