@@ -20,10 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_doctor import BATCH, build_home, doctor_args, run_doctor  # same batch and cache layout
+from bench_doctor import BATCH, build_home, doctor_args, project_root, run_doctor  # same batch, cache and project
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "settings" / "models_config.json"
 TARGET = 1.0
 
 _PER_CHECK = r"""
@@ -45,17 +44,9 @@ print(json.dumps(out))
 
 
 def build_project(base: Path) -> Path:
-    """The user's layout: the repos of the registry, VulBERTa's local model, a results folder."""
-    base.mkdir(parents=True)
-    data = json.loads(MODELS.read_text())["models"]
-    for spec in data.values():
-        repo = base / spec["path"]
-        repo.mkdir(parents=True, exist_ok=True)
-        (repo / "train.sh").write_text("#!/bin/sh\n")
-    model = base / "repos" / "VulBERTa" / "models" / "VulBERTa"
-    model.mkdir(parents=True, exist_ok=True)
-    (model / "config.json").write_text("{}")
-    (model / "pytorch_model.bin").write_bytes(os.urandom(4096))
+    """The user's layout (the registry's repos with executable train scripts, VulBERTa's local
+    model) and a results folder."""
+    project_root(base)
     (base / "results").mkdir()
     return base
 
@@ -92,6 +83,10 @@ def main() -> int:
         statuses = {}
         for f in data["findings"]:
             statuses[f["status"]] = statuses.get(f["status"], 0) + 1
+        blocked_by: dict = {}
+        for e in data["experiments"]:
+            for fid in e.get("blocked_by") or ():
+                blocked_by[fid] = blocked_by.get(fid, 0) + 1
         elapsed = data["summary"].get("elapsed_seconds")
         sudo = {}
         if os.getuid() == 0:  # as under `sudo` for an unprivileged user: the ownership walk has work to do
@@ -111,6 +106,7 @@ def main() -> int:
             "benchmark": "whole doctor (all groups) on 11_models_quick_validation_1epoch.json, warm",
             "experiments": len(data["experiments"]), "groups": data["summary"].get("groups"),
             "blocked": sum(1 for e in data["experiments"] if e.get("verdict") == "blocked"),
+            "blocked_by": blocked_by,  # what holds them back: this machine's facts, not the bench's project
             "findings": statuses,
             "cold_seconds": round(cold, 3), "warm_seconds": round(warm, 3), "warm_checks_seconds": elapsed,
             "warm_runs_seconds": [round(w, 3) for w in walls],
