@@ -128,7 +128,7 @@ class _Builder:
             self.lint.add("settings.ignored-hyperparameters", WARN,
                           "\"hyperparameters\" on a mutation entry: mutation.py ignores them and mutates instead",
                           f"{where}.hyperparameters",
-                          fix=(f"set \"mode\": \"default\" at {where} to run these values, or remove \"hyperparameters\"",))
+                          fix=("set \"mode\": \"default\" on each entry listed to run its values, or remove its \"hyperparameters\"",))
         if not isinstance(hp, dict):
             self.lint.add("settings.bad-value", FAIL, "\"hyperparameters\" must be an object", f"{where}.hyperparameters")
             hp = {}

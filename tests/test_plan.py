@@ -207,7 +207,7 @@ def test_hyperparameters_on_a_mutation_entry_are_named_as_ignored(tmp_path, regi
     (f,) = [f for f in plan.findings if f.id == "settings.ignored-hyperparameters"]
     assert f.status == "warn" and f.group == "settings"
     assert f.data["paths"] == ["experiments[0].hyperparameters", "experiments[2].foreground.hyperparameters"]
-    assert "\"mode\": \"default\"" in f.fix[0] and "experiments[0]" in f.fix[0]
+    assert "\"mode\": \"default\"" in f.fix[0] and "remove" in f.fix[0]
 
 
 def test_corpus_optimized_mutation_v1_hyperparameters_are_ignored(corpus_files):
