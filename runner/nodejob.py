@@ -137,8 +137,8 @@ def _node_batch_class():
 
         def _open_journal(self) -> None:
             if self.journal is None:
-                os.makedirs(os.path.join(self.run_dir, self.jobs[0].id), exist_ok=True)
-                self.journal = Journal(os.path.join(self.run_dir, self.jobs[0].id, NODE_JOURNAL))
+                self.tree.mkdirs(self.jobs[0].id)
+                self.journal = Journal(os.path.join(self.run_dir, self.jobs[0].id, NODE_JOURNAL), self.tree)
 
         def write_summary(self) -> None:  # summary.csv belongs to the submitter
             self._summary_at = time.monotonic()

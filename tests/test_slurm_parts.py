@@ -199,3 +199,27 @@ def test_a_batch_sbatch_refuses_is_one_line_and_exit_2(cluster_up, tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "mutation-run: error: sbatch refused the batch:" in p.stderr
     assert not list((root / "results").glob("run_*/r_m_001/experiment.json"))  # nothing ran, nothing recorded
+
+
+def test_the_submitter_writes_records_and_its_folders_through_the_run_folder_without_following_links(tmp_path):
+    # an experiment folder (or the slurm folder) replaced by a link to somewhere else is refused,
+    # never written through, as the local runner's records are
+    run_dir, outside = tmp_path / "run", tmp_path / "outside"
+    run_dir.mkdir()
+    outside.mkdir()
+    (run_dir / "e1").symlink_to(outside)
+    said = []
+    batch = slurm_batch.SlurmBatch(ctx=None, jobs=[], preflights={}, run_dir=str(run_dir), options=None,
+                                   slurm=SimpleNamespace(time=None), say=said.append, stop=None)
+    batch._amend({"experiment_id": "e1", "status": "passed"}, {"state": "COMPLETED"})
+    assert list(outside.iterdir()) == [] and said  # refused, and said so
+    batch._amend({"experiment_id": "e2", "status": "passed"}, {"state": "COMPLETED"})
+    assert json.loads((run_dir / "e2" / "experiment.json").read_text())["slurm"] == {"state": "COMPLETED"}
+    batch.write_summary()
+    assert (run_dir / "summary.csv").exists()
+    (run_dir / "slurm").symlink_to(outside)
+    with pytest.raises(OSError):
+        batch._private_folder("slurm")
+    (run_dir / "slurm").unlink()
+    batch._private_folder("slurm")
+    assert (run_dir / "slurm").stat().st_mode & 0o777 == 0o700

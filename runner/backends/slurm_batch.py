@@ -10,6 +10,7 @@ batch's jobs (scancel; a second Ctrl-C sends SIGKILL) and waits, bounded, for th
 """
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import sys
@@ -95,6 +96,10 @@ class SlurmBatch:
         self.gone: Dict[str, float] = {}  # job id -> when it left the queue without a record seen
         self.cancelled = False
         self.journal = None
+        from core.safefs import SafeTree
+
+        # the submitter acts as the user who runs it: nothing to give back, but no link is followed
+        self.tree = SafeTree(run_dir, None, create=False, say=say)
         from runner.backends.slurm import SlurmBackend
 
         self.backend = SlurmBackend()
@@ -116,7 +121,7 @@ class SlurmBatch:
     def run(self, resume: bool = False):
         from runner.results import Journal
 
-        self.journal = Journal(os.path.join(self.run_dir, "journal.jsonl"))
+        self.journal = Journal(os.path.join(self.run_dir, "journal.jsonl"), self.tree)
         try:
             self.journal.write("run-resume" if resume else "run-start", pid=os.getpid(), run_id=self.run_id,
                                backend="slurm")
@@ -137,7 +142,7 @@ class SlurmBatch:
         from runner.results import write_summary
 
         order = [j.id for j in self.jobs if j.id in self.records]
-        write_summary(os.path.join(self.run_dir, "summary.csv"), [self.records[i] for i in order])
+        write_summary(os.path.join(self.run_dir, "summary.csv"), [self.records[i] for i in order], self.tree)
 
     def outcomes(self):
         from runner.batch import Outcome
@@ -222,8 +227,8 @@ class SlurmBatch:
                                 error_excerpt=list(excerpt), preflight=pf.record(),
                                 launch=pf.child.record(argv=cmd, cwd=cwd), warnings=list(job.warnings),
                                 extra={"slurm": slurm})
-        os.makedirs(os.path.join(self.run_dir, job.id), exist_ok=True)
-        write_json(self._exp_path(job.id), rec)
+        self.tree.mkdirs(job.id)
+        write_json(self._exp_path(job.id), rec, self.tree)
         self.records[job.id] = rec
         self.journal.write("experiment-end", experiment_id=job.id, status=status, by="submitter",
                            job_id=slurm.get("job_id"), slurm_state=slurm.get("state"))
@@ -233,7 +238,7 @@ class SlurmBatch:
         from runner.nodejob import NodeTask, run_experiment
 
         base = os.path.join(self.run_dir, "slurm")
-        os.makedirs(base, mode=0o700, exist_ok=True)
+        self._private_folder("slurm")
         n = 1 + sum(1 for d in os.listdir(base) if d.isdigit())
         folder = os.path.join(base, str(n))
         wait = kill_wait()
@@ -369,8 +374,19 @@ class SlurmBatch:
         else:
             self.journal.write("needs-lock-merged", experiment_id=job.id, lock=path)
             rec = dict(rec, observed=dict(observed, lock=path))
-        write_json(self._exp_path(job.id), rec)
+        write_json(self._exp_path(job.id), rec, self.tree)
         return rec
+
+    def _private_folder(self, name: str) -> None:
+        """run_dir/name, made through the tree (no link followed) and readable by its owner only."""
+        if not self.tree.mkdirs(name):
+            reason = self.tree.refused[-1].reason if self.tree.refused else "cannot create it"
+            raise OSError(errno.EPERM, f"{os.path.join(self.run_dir, name)}: {reason}")
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.tree.fd)
+        try:
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
 
     def _log_path(self, jid: str) -> str:
         root, _, task = jid.partition("_")
@@ -396,7 +412,7 @@ class SlurmBatch:
             # Slurm's SIGTERM reached the experiment's processes before the node job could stop them
             user["error_message"] = f"interrupted: cancelled by the runner (Ctrl-C) ({user.get('error_message', '')})"
             rec["status"] = "interrupted"
-        write_json(self._exp_path(rec["experiment_id"]), rec)  # the job has ended: the folder is ours again
+        write_json(self._exp_path(rec["experiment_id"]), rec, self.tree)  # the job has ended: the folder is ours again
         return rec
 
     def _slurm_reason(self, info: Mapping[str, str]) -> str:
