@@ -436,6 +436,19 @@ class SafeTree:
         self.close()
 
 
+
+def write_file(path: str, data: bytes) -> Optional[str]:
+    """Put `data` at `path` as a new file renamed into place inside a verified folder (a report asked
+    for on the command line, possibly by root in a user's folder): a link planted at `path` is
+    replaced, never written through. Returns None when written, else the one-line reason."""
+    refused: List[str] = []
+    full = os.path.abspath(path)
+    with SafeTree(os.path.dirname(full), create=False, say=refused.append) as tree:
+        if tree.fd is None or not tree.replace(os.path.basename(full), data):
+            return refused[0] if refused else f"{path}: cannot write it here"
+    return None
+
+
 def _trusted_folder(fd: int) -> bool:
     """May this process create names in the folder open at `fd`? Always when not root (it gains
     nothing); as root, when a SafeTree of this process created the folder, or when only root may

@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 from core.errors import UsageError, guarded  # noqa: F401 - re-exported for the runner
@@ -59,10 +58,11 @@ def run_check_command(args) -> int:
     if matrix:
         report = dataclasses.replace(report, launch_matrix=matrix)
     if args.markdown:
-        try:
-            Path(args.markdown).write_text(render.to_markdown(report), encoding="utf-8")
-        except OSError as e:
-            raise UsageError(f"--markdown {args.markdown}: {e.strerror}") from None
+        from core.safefs import write_file
+
+        why = write_file(args.markdown, render.to_markdown(report).encode("utf-8"))
+        if why:  # a link planted at the report's name is replaced, never written through
+            raise UsageError(f"--markdown {args.markdown}: {why}")
     if args.json:
         json.dump(render.to_json(report), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")

@@ -31,7 +31,7 @@ def test_help_does_not_import_torch():
     (["--launch", "doas"], "expected current, sudo"),
     (["--project-root", "/nonexistent/dir"], "not a folder"),
     (["--probe-timeout", "0"], "--probe-timeout must be a positive number of seconds"),
-    (["--only", "settings", "--markdown", "/nonexistent/dir/report.md"], "No such file or directory"),
+    (["--only", "settings", "--markdown", "/nonexistent/dir/report.md"], "/nonexistent does not exist"),
 ])
 def test_usage_errors_are_one_line_exit_2(args, needle):
     p = doctor(*args)
@@ -125,3 +125,15 @@ def test_markdown_report_and_piped_table_keep_whole_ids(tmp_path):
     assert "demo_timm_resnet18_003 " in p.stdout and "…" not in p.stdout  # piped: no cropping
     text = md.read_text()
     assert text.startswith("# mutation-doctor report") and "| demo_timm_resnet18_003 | default | blocked | cache.hub.missing |" in text
+
+
+def test_markdown_replaces_a_planted_link_and_leaves_its_target_alone(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    md = tmp_path / "report.md"
+    md.symlink_to(victim)
+    p = doctor("--only", "settings", "--markdown", str(md), "--needs-lock", str(tmp_path / "needs.lock.json"),
+               env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert p.returncode in (0, 3), p.stderr
+    assert victim.read_text() == "keep me\n"
+    assert not md.is_symlink() and md.read_text().startswith("# mutation-doctor report")
