@@ -79,7 +79,7 @@ DECLARED: Tuple[Declared, ...] = (
     Declared("cache.deep.load-failed", "cache", FAIL, "hub.cache-miss"),
     Declared("cache.lock.unreadable", "cache", WARN),
     Declared("cache.locked.changed", "cache", WARN, None,
-             "weights that changed since the recorded runs are no failure; only --strict holds them back"),
+             "weights that changed since the recorded runs are no failure; only --locked makes them a failure"),
     # env: what the launched process inherits
     Declared("env.home-moved", "env", WARN, "hub.cache-miss.sudo-home"),
     Declared("env.dropped", "env", WARN),
