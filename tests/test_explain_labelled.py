@@ -29,23 +29,11 @@ import pytest
 
 from doctor.explain import explain_path
 from tests.support.netservers import BlackHole, MiniHub, Proxy, RefusedPort, make_pki, openssl_available, server_context
+from tests.support.children import HUB_CHILD
 
 PY = sys.executable
 NOBODY = 65534
 
-HUB = r'''
-import sys
-import huggingface_hub.utils._http as _http
-import huggingface_hub.file_download as fd
-_http.time.sleep = lambda s: None
-fd._ETAG_RETRY_TIMEOUT = 1
-for fn in (_http._http_backoff_base, _http.http_backoff, _http.http_stream_backoff):
-    if fn.__kwdefaults__:
-        fn.__kwdefaults__["max_retries"] = 1
-from huggingface_hub import hf_hub_download
-print("Loading pretrained weights for hrnet_w18", flush=True)
-hf_hub_download("timm/hrnet_w18.ms_aug_in1k", "model.safetensors")
-'''
 ARGS = r'''
 import argparse, sys
 p = argparse.ArgumentParser(prog="train.py")
@@ -146,14 +134,14 @@ def _cases(srv, locked: Optional[Path]) -> List[Case]:
              "failed", "python.interpreter-missing", layout="user"),
         Case("interp_conda", sh("PATH=/nonexistent; conda activate mrt"), "failed", "python.interpreter-missing"),
         # the Hub
-        Case("hub_offline", py(HUB), "failed", "hub.cache-miss", env=dict(hub, HF_HUB_OFFLINE="1")),
-        Case("hub_refused_elsewhere", py(HUB), "failed", "hub.cache-miss", env=refused, record=same_home),
-        Case("hub_refused_sudo_home", py(HUB), "failed", "hub.cache-miss.sudo-home", env=refused, record=sudo_home),
-        Case("hub_refused", py(HUB), "failed", "hub.connection", env=refused),
-        Case("hub_refused_user", py(HUB), "failed", "hub.connection", env=refused, layout="user"),
-        Case("hub_notfound", py(HUB), "failed", "hub.not-found", env=dict(hub, HF_ENDPOINT=srv["hub"])),
-        Case("hub_blackhole", py(HUB), "failed", "hub.timeout", env=dict(hub, HF_ENDPOINT=srv["blackhole"])),
-        Case("hub_proxy", py(HUB), "failed", "hub.proxy",
+        Case("hub_offline", py(HUB_CHILD), "failed", "hub.cache-miss", env=dict(hub, HF_HUB_OFFLINE="1")),
+        Case("hub_refused_elsewhere", py(HUB_CHILD), "failed", "hub.cache-miss", env=refused, record=same_home),
+        Case("hub_refused_sudo_home", py(HUB_CHILD), "failed", "hub.cache-miss.sudo-home", env=refused, record=sudo_home),
+        Case("hub_refused", py(HUB_CHILD), "failed", "hub.connection", env=refused),
+        Case("hub_refused_user", py(HUB_CHILD), "failed", "hub.connection", env=refused, layout="user"),
+        Case("hub_notfound", py(HUB_CHILD), "failed", "hub.not-found", env=dict(hub, HF_ENDPOINT=srv["hub"])),
+        Case("hub_blackhole", py(HUB_CHILD), "failed", "hub.timeout", env=dict(hub, HF_ENDPOINT=srv["blackhole"])),
+        Case("hub_proxy", py(HUB_CHILD), "failed", "hub.proxy",
              env=dict(hub, HF_ENDPOINT="https://hub.example.invalid", HTTPS_PROXY=srv["proxy"])),
         # CUDA
         Case("cuda_unavailable", py("import torch\nprint('Using device cuda:0', flush=True)\ntorch.zeros(1).cuda()"),
@@ -196,7 +184,7 @@ def _cases(srv, locked: Optional[Path]) -> List[Case]:
              "succeeded", "metrics.not-extracted", layout="user", duration=374.8),
     ]
     if srv.get("tls"):
-        cases.append(Case("hub_tls", py(HUB), "failed", "hub.tls", env=dict(hub, HF_ENDPOINT=srv["tls"])))
+        cases.append(Case("hub_tls", py(HUB_CHILD), "failed", "hub.tls", env=dict(hub, HF_ENDPOINT=srv["tls"])))
     if shutil.which("perf"):
         cases.append(Case("perf_events", ["perf", "stat", "-e", "power/energy-pkg/,power/energy-ram/", PY, "-c", "pass"],
                           "failed", "perf.unavailable"))

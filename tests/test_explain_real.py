@@ -34,23 +34,10 @@ import pytest
 
 from doctor.explain import explain_path, main
 from doctor.explain.render import to_json
+from tests.support.children import HUB_CHILD
 
 PY = sys.executable
 RUN_TS = "run_20260201_010203"
-
-HUB_CHILD = r'''
-import sys, time
-import huggingface_hub.utils._http as _http
-import huggingface_hub.file_download as fd
-_http.time.sleep = lambda s: None          # test timing only: no backoff sleeps
-fd._ETAG_RETRY_TIMEOUT = 1                  # ... a 1 s retry timeout instead of 60 s
-for fn in (_http._http_backoff_base, _http.http_backoff, _http.http_stream_backoff):
-    if fn.__kwdefaults__:
-        fn.__kwdefaults__["max_retries"] = 1
-from huggingface_hub import hf_hub_download
-print("Loading pretrained weights for hrnet_w18", flush=True)
-hf_hub_download("timm/hrnet_w18.ms_aug_in1k", "model.safetensors")
-'''
 
 TIMM_CHILD = r'''
 print("Model: hrnet18 (ft_HRNet18)", flush=True)
