@@ -28,6 +28,13 @@ _dirs = {}
 _seen = set()
 
 
+def _once(key, record):
+    """Write `record` the first time `key` is seen in this process."""
+    if key not in _seen:
+        _seen.add(key)
+        _emit(record)
+
+
 def _now():
     import time
     return round(time.time(), 3)
@@ -116,10 +123,7 @@ def _inotify_drain():
             off += 16 + size
             folder = _state["watches"].get(wd)
             if folder and name and (mask & _IN_OPEN):
-                key = ("inotify", folder, name)
-                if key not in _seen:
-                    _seen.add(key)
-                    _emit({"t": "inotify", "dir": folder, "name": os.fsdecode(name)})
+                _once(("inotify", folder, name), {"t": "inotify", "dir": folder, "name": os.fsdecode(name)})
 
 
 # -- the audit hook ---------------------------------------------------------------------------
@@ -162,34 +166,23 @@ def _on_other(event, args):
     if event == "mmap.__new__":
         if args[0] is not None and args[0] >= 0:
             path = os.readlink("/proc/self/fd/%d" % args[0])
-            key = ("map", path)
-            if key not in _seen:
-                _seen.add(key)
-                _emit({"t": "map", "path": path})
+            _once(("map", path), {"t": "map", "path": path})
         return
     if event == "socket.connect":
         addr = args[1]
         if isinstance(addr, tuple) and len(addr) >= 2:
-            key = ("connect", str(addr[0]), addr[1])
-            if key not in _seen:
-                _seen.add(key)
-                _emit({"t": "connect", "host": str(addr[0]), "port": addr[1]})
+            _once(("connect", str(addr[0]), addr[1]), {"t": "connect", "host": str(addr[0]), "port": addr[1]})
         return
     if event == "urllib.Request":
         url = _bare_url(str(args[0]))
-        key = ("request", url)
-        if key not in _seen:
-            _seen.add(key)
-            _emit({"t": "request", "url": url})
+        _once(("request", url), {"t": "request", "url": url})
         return
     if event == "socket.getaddrinfo":
         host = args[0]
         if isinstance(host, bytes):
             host = host.decode("ascii", "replace")
-        key = ("resolve", host)
-        if host and key not in _seen:
-            _seen.add(key)
-            _emit({"t": "resolve", "host": str(host), "port": args[1]})
+        if host:
+            _once(("resolve", host), {"t": "resolve", "host": str(host), "port": args[1]})
 
 
 _OTHER = frozenset(("import", "mmap.__new__", "socket.connect", "socket.getaddrinfo", "urllib.Request"))
@@ -252,10 +245,7 @@ def _maps():
         path = parts[5]
         if ".so" in os.path.basename(path) or path.endswith(" (deleted)"):
             continue
-        key = ("map", path)
-        if key not in _seen:
-            _seen.add(key)
-            _emit({"t": "map", "path": path})
+        _once(("map", path), {"t": "map", "path": path})
 
 
 def _at_exit():
